@@ -1,0 +1,280 @@
+//! The HTTP API.
+//!
+//! Handlers are thin: extract, authorize, call the fleet, map the result to a view. Every
+//! error is `{"error": {"code", "message"}}`: 400 for malformed bodies and unknown names, 401
+//! without a valid token, 403 for the wrong scope, 404, 409, 500.
+
+mod openapi;
+pub mod views;
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Authenticator, Principal, Scope};
+use crate::fleet::{Fleet, FleetError, TaskRequest};
+use views::{Summary, TaskView, VmView, VolumeView};
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// Token checks.
+    pub auth: Authenticator,
+    /// Set when the configuration file on disk no longer validates.
+    pub config_error: Arc<RwLock<Option<String>>>,
+}
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::BadRequest(m) => ApiError::bad_request(m),
+            FleetError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            FleetError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            FleetError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        FleetError::from(e).into()
+    }
+}
+
+/// JSON body whose rejections are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiError::bad_request(format!("request body: {}", rej.body_text()))),
+        }
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let unauthorized =
+            || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+        let token = header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(unauthorized)?;
+        match state.auth.authenticate(token).await? {
+            Some(p) => Ok(Caller(p)),
+            None => Err(unauthorized()),
+        }
+    }
+}
+
+impl Caller {
+    fn require(&self, allowed: &[Scope]) -> Result<(), ApiError> {
+        if self.0.has_any(allowed) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("token {} lacks the scope for this call (one of: admin, {})", self.0.name, names.join(", ")),
+            ))
+        }
+    }
+}
+
+const AGENT: &[Scope] = &[Scope::Operator, Scope::Agent];
+const OPERATOR: &[Scope] = &[Scope::Operator];
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(|| async { Json(openapi::spec()) }))
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/tasks", post(request_task).get(list_tasks))
+        .route("/api/v1/tasks/{id}", get(show_task).delete(release_task))
+        .route("/api/v1/vms", get(list_vms))
+        .route("/api/v1/vms/{id}", get(show_vm).delete(destroy_vm))
+        .route("/api/v1/vms/{id}/drain", post(drain_vm))
+        .route("/api/v1/volumes", get(list_volumes))
+        .route("/api/v1/volumes/{id}", get(show_volume).delete(delete_volume))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .with_state(state)
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let config_error = s.config_error.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(reason) = config_error {
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"status": "error", "reason": reason}))).into_response();
+    }
+    match s.fleet.store.ping().await {
+        Ok(()) => Json(json!({
+            "status": "ok",
+            "install_id": s.fleet.install_id,
+            "database": s.fleet.store.backend(),
+            "provider": s.fleet.provider.kind(),
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"status": "error", "reason": format!("database unreachable: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let counts = s.fleet.store.counts().await?;
+    let body = s.fleet.metrics.render(&counts, &s.fleet.install_id);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+async fn summary(State(s): State<AppState>, c: Caller) -> Result<Json<Summary>, ApiError> {
+    c.require(OPERATOR)?;
+    let counts = s.fleet.store.counts().await?;
+    Ok(Json(Summary::new(&s.fleet, &counts)))
+}
+
+async fn request_task(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<TaskRequest>,
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    c.require(AGENT)?;
+    let task = s.fleet.request_task(&req).await?;
+    let view = TaskView::load(&s.fleet, task).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_tasks(
+    State(s): State<AppState>,
+    c: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TaskView>>, ApiError> {
+    c.require(OPERATOR)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tasks = s.fleet.store.tasks(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    Ok(Json(tasks.into_iter().map(TaskView::summary).collect()))
+}
+
+async fn show_task(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    c.require(AGENT)?;
+    let task = s.fleet.store.task(&id).await?;
+    Ok(Json(TaskView::load(&s.fleet, task).await?))
+}
+
+async fn release_task(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    c.require(AGENT)?;
+    let task = s.fleet.release_task(&id).await?;
+    Ok(Json(TaskView::summary(task)))
+}
+
+async fn list_vms(State(s): State<AppState>, c: Caller) -> Result<Json<Vec<VmView>>, ApiError> {
+    c.require(OPERATOR)?;
+    let vms = s.fleet.store.live_vms().await?;
+    Ok(Json(vms.iter().map(VmView::from).collect()))
+}
+
+async fn show_vm(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<VmView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(VmView::from(&s.fleet.store.vm(&id).await?)))
+}
+
+async fn drain_vm(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<VmView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(VmView::from(&s.fleet.drain_vm(&id).await?)))
+}
+
+async fn destroy_vm(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<VmView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(VmView::from(&s.fleet.destroy_vm(&id).await?)))
+}
+
+async fn list_volumes(State(s): State<AppState>, c: Caller) -> Result<Json<Vec<VolumeView>>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(s.fleet.store.volumes(None).await?.iter().map(VolumeView::from).collect()))
+}
+
+async fn show_volume(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VolumeView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(VolumeView::from(&s.fleet.store.volume(&id).await?)))
+}
+
+async fn delete_volume(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VolumeView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(VolumeView::from(&s.fleet.delete_volume(&id).await?)))
+}

@@ -1,0 +1,77 @@
+//! The OpenAPI description served at `/api/v1/openapi.json`.
+
+use serde_json::{json, Value};
+
+fn op(summary: &str, scope: &str, ok: &str, extra: &[(&str, &str)]) -> Value {
+    let mut responses = json!({
+        ok: {"description": "success"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
+    });
+    for (code, why) in extra {
+        responses[*code] = json!({"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    }
+    json!({"summary": summary, "description": format!("Scopes: admin or {scope}."), "security": [{"bearer": []}], "responses": responses})
+}
+
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+/// The specification.
+pub fn spec() -> Value {
+    let mut request = op(
+        "Request a VM for a task",
+        "operator, agent",
+        "201",
+        &[("400", "malformed body or unknown executor, image, resource class or project")],
+    );
+    request["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskRequest"}}}});
+    let with_id = |mut v: Value| {
+        v["parameters"] = id_param();
+        v
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "vmfleet", "version": env!("CARGO_PKG_VERSION"), "description": "VM fleet and autoscaling controller for CI executors."},
+        "paths": {
+            "/status": {"get": {"summary": "Health: 200 when healthy, 500 with a reason when the configuration is bad or the database unreachable", "security": [], "responses": {"200": {"description": "healthy"}, "500": {"description": "unhealthy, with a JSON reason"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format 0.0.4"}}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/api/v1/summary": {"get": op("Installation id, VMs by state per pool, tasks waiting and running, volumes", "operator", "200", &[])},
+            "/api/v1/tasks": {
+                "post": request,
+                "get": op("List tasks (query: state, limit)", "operator", "200", &[("400", "bad query")]),
+            },
+            "/api/v1/tasks/{id}": {
+                "get": with_id(op("Show a task; an assigned task carries its VM's SSH host, port, user and private key", "operator, agent", "200", &[("404", "no such task")])),
+                "delete": with_id(op("Release a task: its VM is destroyed, its volume detached", "operator, agent", "200", &[("404", "no such task")])),
+            },
+            "/api/v1/vms": {"get": op("List live VMs", "operator", "200", &[])},
+            "/api/v1/vms/{id}": {
+                "get": with_id(op("Show a VM", "operator", "200", &[("404", "no such VM")])),
+                "delete": with_id(op("Destroy a VM; a task on it fails", "operator", "200", &[("404", "no such VM")])),
+            },
+            "/api/v1/vms/{id}/drain": {"post": with_id(op("Give a VM no new work", "operator", "200", &[("404", "no such VM")]))},
+            "/api/v1/volumes": {"get": op("List DLC volumes", "operator", "200", &[])},
+            "/api/v1/volumes/{id}": {
+                "get": with_id(op("Show a volume", "operator", "200", &[("404", "no such volume")])),
+                "delete": with_id(op("Delete a volume", "operator", "200", &[("404", "no such volume"), ("409", "the volume is attached")])),
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "TaskRequest": {"type": "object", "required": ["executor", "project"], "additionalProperties": false, "properties": {
+                    "executor": {"type": "string", "enum": ["machine", "remote-docker"]},
+                    "image": {"type": "string", "default": "default"},
+                    "resource_class": {"type": "string", "default": "medium"},
+                    "project": {"type": "string"},
+                    "docker_layer_caching": {"type": "boolean", "default": false},
+                }},
+            },
+        },
+    })
+}

@@ -1,0 +1,256 @@
+//! API response types, separate from the store's rows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{Fleet, FleetError};
+use crate::store::{Counts, TaskRow, VmRow, VolumeRow};
+
+fn ts(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn ts_opt(ms: Option<i64>) -> Option<String> {
+    ms.map(ts)
+}
+
+/// How to reach a task's VM. Contains the VM's private key: shown only to the task's holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshView {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// OpenSSH private key.
+    pub private_key: String,
+    /// The VM's host key, for known_hosts.
+    pub host_key: Option<String>,
+}
+
+/// A task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Id.
+    pub id: String,
+    /// `waiting`, `assigned`, `released`, `failed`.
+    pub state: String,
+    /// Executor.
+    pub executor: String,
+    /// Image alias.
+    pub image: String,
+    /// Resource class.
+    pub resource_class: String,
+    /// Project.
+    pub project: String,
+    /// DLC asked for.
+    pub docker_layer_caching: bool,
+    /// VM, once chosen.
+    pub vm_id: Option<String>,
+    /// DLC volume, once chosen.
+    pub volume_id: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// When requested.
+    pub created_at: String,
+    /// When its VM was handed over.
+    pub assigned_at: Option<String>,
+    /// When released.
+    pub released_at: Option<String>,
+    /// How to reach the VM, while assigned.
+    pub ssh: Option<SshView>,
+}
+
+impl TaskView {
+    /// Without connection details.
+    pub fn summary(t: TaskRow) -> Self {
+        Self {
+            id: t.id,
+            state: t.state,
+            executor: t.executor,
+            image: t.image,
+            resource_class: t.resource_class,
+            project: t.project,
+            docker_layer_caching: t.dlc,
+            vm_id: t.vm_id,
+            volume_id: t.volume_id,
+            failure_reason: t.failure_reason,
+            created_at: ts(t.created_at),
+            assigned_at: ts_opt(t.assigned_at),
+            released_at: ts_opt(t.released_at),
+            ssh: None,
+        }
+    }
+
+    /// With connection details when the task holds its VM.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn load(fleet: &Fleet, t: TaskRow) -> Result<Self, FleetError> {
+        let ssh = match (&t.vm_id, t.state.as_str()) {
+            (Some(vm_id), "assigned") => {
+                let vm = fleet.store.vm(vm_id).await?;
+                match (vm.host, vm.ssh_port) {
+                    (Some(host), Some(port)) => Some(SshView {
+                        host,
+                        port: u16::try_from(port).unwrap_or(22),
+                        user: vm.ssh_user,
+                        private_key: vm.ssh_private_key,
+                        host_key: vm.host_key,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(Self { ssh, ..Self::summary(t) })
+    }
+}
+
+/// A VM (never with its private key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmView {
+    /// Id.
+    pub id: String,
+    /// Pool key.
+    pub pool: String,
+    /// Lifecycle state.
+    pub state: String,
+    /// Warm (preallocated) or on-demand.
+    pub preallocated: bool,
+    /// Task holding it.
+    pub task_id: Option<String>,
+    /// Provider id.
+    pub instance_id: Option<String>,
+    /// Instance type.
+    pub instance_type: String,
+    /// Image (`name:version`).
+    pub image_id: String,
+    /// Zone.
+    pub zone: Option<String>,
+    /// Address.
+    pub host: Option<String>,
+    /// SSH port.
+    pub ssh_port: Option<i64>,
+    /// No new work.
+    pub draining: bool,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// When requested.
+    pub requested_at: String,
+    /// When ready.
+    pub ready_at: Option<String>,
+    /// When assigned.
+    pub assigned_at: Option<String>,
+    /// When terminated.
+    pub terminated_at: Option<String>,
+}
+
+impl From<&VmRow> for VmView {
+    fn from(v: &VmRow) -> Self {
+        Self {
+            id: v.id.clone(),
+            pool: v.pool.clone(),
+            state: v.state.clone(),
+            preallocated: v.preallocated,
+            task_id: v.task_id.clone(),
+            instance_id: v.instance_id.clone(),
+            instance_type: v.instance_type.clone(),
+            image_id: v.image_id.clone(),
+            zone: v.zone.clone(),
+            host: v.host.clone(),
+            ssh_port: v.ssh_port,
+            draining: v.draining,
+            failure_reason: v.failure_reason.clone(),
+            requested_at: ts(v.requested_at),
+            ready_at: ts_opt(v.ready_at),
+            assigned_at: ts_opt(v.assigned_at),
+            terminated_at: ts_opt(v.terminated_at),
+        }
+    }
+}
+
+/// A DLC volume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeView {
+    /// Id.
+    pub id: String,
+    /// Owning project.
+    pub project: String,
+    /// Provider id.
+    pub provider_id: Option<String>,
+    /// Zone.
+    pub zone: String,
+    /// Size, GiB.
+    pub size_gb: i64,
+    /// State.
+    pub state: String,
+    /// Task using it.
+    pub task_id: Option<String>,
+    /// VM it is attached to.
+    pub vm_id: Option<String>,
+    /// Created.
+    pub created_at: String,
+    /// Last used.
+    pub last_used_at: String,
+}
+
+impl From<&VolumeRow> for VolumeView {
+    fn from(v: &VolumeRow) -> Self {
+        Self {
+            id: v.id.clone(),
+            project: v.project.clone(),
+            provider_id: v.provider_id.clone(),
+            zone: v.zone.clone(),
+            size_gb: v.size_gb,
+            state: v.state.clone(),
+            task_id: v.task_id.clone(),
+            vm_id: v.vm_id.clone(),
+            created_at: ts(v.created_at),
+            last_used_at: ts(v.last_used_at),
+        }
+    }
+}
+
+/// The installation at a glance (`vmfleet status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Installation id.
+    pub install_id: String,
+    /// Provider kind.
+    pub provider: String,
+    /// Database backend.
+    pub database: String,
+    /// Live VMs: pool → state → count.
+    pub pools: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Tasks waiting.
+    pub tasks_waiting: i64,
+    /// Tasks holding a VM.
+    pub tasks_running: i64,
+    /// Volumes by state.
+    pub volumes: BTreeMap<String, i64>,
+}
+
+impl Summary {
+    /// From counts.
+    pub fn new(fleet: &Fleet, c: &Counts) -> Self {
+        let mut pools: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (pool, state, n) in &c.vms {
+            pools.entry(pool.clone()).or_default().insert(state.clone(), *n);
+        }
+        let sum = |want: &str| c.tasks.iter().filter(|(_, s, _)| s == want).map(|(_, _, n)| n).sum();
+        Self {
+            install_id: fleet.install_id.clone(),
+            provider: fleet.provider.kind().into(),
+            database: fleet.store.backend().into(),
+            pools,
+            tasks_waiting: sum("waiting"),
+            tasks_running: sum("assigned"),
+            volumes: c.volumes.iter().cloned().collect(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The CLI's HTTP client.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::de::DeserializeOwned;
+
+/// A client for one server.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (such as `http://127.0.0.1:3001`).
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Self { base: base.trim_end_matches('/').to_string(), token, http })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.with_context(|| format!("cannot reach vmfleet at {}", self.base))?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            bail!("{} {}: {}", status.as_u16(), status.canonical_reason().unwrap_or(""), msg);
+        }
+        serde_json::from_str(&body).map_err(|e| anyhow!("unexpected answer from the server: {e}"))
+    }
+
+    /// GET.
+    ///
+    /// # Errors
+    /// Transport or API errors, with the server's message.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    /// POST with a JSON body.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// DELETE.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
+}

@@ -1,0 +1,665 @@
+//! Configuration: one YAML file, every key overridable from the environment.
+//!
+//! `VMFLEET__SECTION__KEY=value` sets `section.key` (keys are lower-cased; values are read as
+//! YAML scalars, so `true`, `3` and `180s` keep their types). Unknown keys are errors. Defaults
+//! follow the operations guide: SSH connect timeout 180 s, VM start timeout 300 s, long-running
+//! task timeout 6 h, DLC volume inactivity 14 days, private IPs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vmfleet_images::{Arch, Catalog, Executor, Image, Platform};
+
+/// A configuration problem, naming the key (and line, where the file has one).
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    /// File (and line) or environment variable.
+    pub origin: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Installation id; generated and stored on first start when absent.
+    pub install_id: Option<String>,
+    /// Where the embedded database, the local provider's VMs and the admin token live.
+    pub data_dir: PathBuf,
+    /// API listen address.
+    pub listen: SocketAddr,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Cloud provider.
+    pub provider: ProviderConfig,
+    /// The guide's three timeouts and DLC inactivity.
+    pub timeouts: Timeouts,
+    /// Resource classes by name.
+    pub resource_classes: BTreeMap<String, ResourceClass>,
+    /// Custom images and aliases.
+    pub images: ImagesConfig,
+    /// Warm pools.
+    pub pools: Vec<PoolConfig>,
+    /// Fleet-wide bounds.
+    pub limits: Limits,
+    /// DLC volumes.
+    pub volumes: VolumesConfig,
+    /// API tokens (hashed).
+    pub auth: AuthConfig,
+    /// How often the service reconciles even when nothing happened.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Garbage collection.
+    pub gc: GcConfig,
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` for production; absent means SQLite in the data directory.
+    pub url: Option<String>,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// Provider selection and settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// `local` (the embedded default).
+    pub kind: ProviderKind,
+    /// Use instances' public addresses (for developer SSH access) instead of private ones.
+    pub use_public_ip: bool,
+    /// Local provider settings.
+    pub local: LocalConfig,
+    /// Operator tags added to every instance and volume.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Provider kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Sandboxes on this host.
+    #[default]
+    Local,
+}
+
+/// Local provider settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Where VM directories live; default `<data_dir>/local`.
+    pub root: Option<PathBuf>,
+    /// The program started as each VM's agent; default this executable.
+    pub agent_program: Option<PathBuf>,
+}
+
+/// Timeouts from the operations guide.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Waiting for SSH to connect to a VM.
+    #[serde(with = "humantime_serde")]
+    pub ssh_connect: Duration,
+    /// From request to ready.
+    #[serde(with = "humantime_serde")]
+    pub vm_start: Duration,
+    /// How long a task may hold a VM.
+    #[serde(with = "humantime_serde")]
+    pub long_running_task: Duration,
+    /// Unused DLC volumes are deleted after this.
+    #[serde(with = "humantime_serde")]
+    pub dlc_inactivity: Duration,
+}
+
+/// A resource class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceClass {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in GiB.
+    pub memory_gb: f64,
+    /// GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// CPU architecture.
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+    /// Platform.
+    #[serde(default = "default_platform")]
+    pub platform: Platform,
+    /// EC2 instance type.
+    pub instance_type: String,
+}
+
+fn default_arch() -> Arch {
+    Arch::X86_64
+}
+fn default_platform() -> Platform {
+    Platform::Linux
+}
+
+/// Custom AMIs per region (the old settings page's fields) and extra images.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Custom Linux AMI per region, for `machine` and (unless set separately) remote Docker.
+    pub custom_linux: BTreeMap<String, String>,
+    /// Custom remote-Docker AMI per region.
+    pub custom_remote_docker: BTreeMap<String, String>,
+    /// Custom Windows AMI per region.
+    pub custom_windows: BTreeMap<String, String>,
+    /// Custom GPU AMI per region.
+    pub custom_gpu: BTreeMap<String, String>,
+    /// More images.
+    pub extra: Vec<Image>,
+    /// More aliases: alias → `name:version`.
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// A warm pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Executor.
+    pub executor: Executor,
+    /// Image alias.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Resource class.
+    #[serde(default = "default_class")]
+    pub resource_class: String,
+    /// Preallocated (warm) VMs to keep ready.
+    #[serde(default, alias = "preallocated")]
+    pub min_idle: u32,
+    /// Hard bound on the pool's instances.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+}
+
+fn default_image() -> String {
+    "default".into()
+}
+fn default_class() -> String {
+    "medium".into()
+}
+
+/// Fleet-wide bounds (the guide had none).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Instances in every pool and state together.
+    pub max_instances: Option<u32>,
+    /// DLC volumes together.
+    pub max_volumes: Option<u32>,
+}
+
+/// DLC volume settings.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumesConfig {
+    /// Size of a new volume, GiB.
+    pub size_gb: u32,
+}
+
+/// API tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens, each stored as the SHA-256 of the token.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One configured token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name, for audit.
+    pub name: String,
+    /// Hex SHA-256 of the token (`vmfleet tokens hash` prints it).
+    pub sha256: String,
+    /// Scopes: `admin`, `operator`, `agent`.
+    pub scopes: Vec<String>,
+}
+
+/// Garbage-collection settings.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Unknown tagged instances younger than this are left alone.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// Most actions in one pass.
+    pub budget: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            install_id: None,
+            data_dir: default_data_dir(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
+            database: DatabaseConfig::default(),
+            provider: ProviderConfig::default(),
+            timeouts: Timeouts::default(),
+            resource_classes: default_resource_classes(),
+            images: ImagesConfig::default(),
+            pools: Vec::new(),
+            limits: Limits::default(),
+            volumes: VolumesConfig::default(),
+            auth: AuthConfig::default(),
+            reconcile_interval: Duration::from_secs(1),
+            gc: GcConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, max_connections: 8 }
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self { kind: ProviderKind::Local, use_public_ip: false, local: LocalConfig::default(), tags: BTreeMap::new() }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ssh_connect: Duration::from_secs(180),
+            vm_start: Duration::from_secs(300),
+            long_running_task: Duration::from_secs(6 * 3600),
+            dlc_inactivity: Duration::from_secs(14 * 86400),
+        }
+    }
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        Self { size_gb: 100 }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self { orphan_grace: Duration::from_secs(600), budget: 50 }
+    }
+}
+
+/// `$VMFLEET_DATA_DIR`, else `$XDG_DATA_HOME/vmfleet`, else `~/.local/share/vmfleet`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMFLEET_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("vmfleet");
+    }
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from(".vmfleet"), |h| PathBuf::from(h).join(".local/share/vmfleet"))
+}
+
+/// CircleCI's machine resource classes, with the EC2 instance types that match them.
+pub fn default_resource_classes() -> BTreeMap<String, ResourceClass> {
+    let rc = |vcpus, memory_gb, gpus, arch, platform, it: &str| ResourceClass {
+        vcpus,
+        memory_gb,
+        gpus,
+        arch,
+        platform,
+        instance_type: it.to_string(),
+    };
+    use Arch::{Arm64, X86_64};
+    use Platform::{Linux, Windows};
+    BTreeMap::from([
+        ("medium".into(), rc(2, 7.5, 0, X86_64, Linux, "m5.large")),
+        ("large".into(), rc(4, 15.0, 0, X86_64, Linux, "m5.xlarge")),
+        ("xlarge".into(), rc(8, 32.0, 0, X86_64, Linux, "m5.2xlarge")),
+        ("2xlarge".into(), rc(16, 64.0, 0, X86_64, Linux, "m5.4xlarge")),
+        ("arm.medium".into(), rc(2, 8.0, 0, Arm64, Linux, "m6g.large")),
+        ("arm.large".into(), rc(4, 16.0, 0, Arm64, Linux, "m6g.xlarge")),
+        ("windows.medium".into(), rc(4, 15.0, 0, X86_64, Windows, "m5.xlarge")),
+        ("windows.large".into(), rc(8, 30.0, 0, X86_64, Windows, "m5.2xlarge")),
+        ("gpu.nvidia.small".into(), rc(4, 16.0, 1, X86_64, Linux, "g4dn.xlarge")),
+        ("gpu.nvidia.medium".into(), rc(8, 32.0, 1, X86_64, Linux, "g4dn.2xlarge")),
+        ("gpu.nvidia.medium.multi".into(), rc(48, 192.0, 4, X86_64, Linux, "g4dn.12xlarge")),
+        ("gpu.nvidia.large".into(), rc(8, 61.0, 1, X86_64, Linux, "p3.2xlarge")),
+    ])
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), then applies `VMFLEET__…` variables from
+    /// `env`, then validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and line, or the variable, and the key.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError { origin: p.display().to_string(), message: e.to_string() })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        Self::parse(&text, &origin, env)
+    }
+
+    /// Parses YAML text; see [`Config::load`].
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let mut cfg: Config = from_yaml_str(text, origin)?;
+        let overrides: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("VMFLEET__")).collect();
+        if !overrides.is_empty() {
+            let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+                .map_err(|e| ConfigError { origin: origin.into(), message: e.to_string() })?;
+            for (k, v) in &overrides {
+                let path: Vec<String> = k["VMFLEET__".len()..].split("__").map(str::to_ascii_lowercase).collect();
+                if path.iter().any(String::is_empty) {
+                    return Err(ConfigError { origin: k.clone(), message: "empty key segment".into() });
+                }
+                let scalar: serde_yaml_ng::Value =
+                    serde_yaml_ng::from_str(v).unwrap_or(serde_yaml_ng::Value::String(v.clone()));
+                set_path(&mut value, &path, scalar).map_err(|m| ConfigError { origin: k.clone(), message: m })?;
+            }
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            cfg = serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
+                origin: format!("environment ({})", names.join(", ")),
+                message: format!("{}: {}", e.path(), e.inner()),
+            })?;
+        }
+        cfg.validate(text, origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, needle: &str, message: String| ConfigError {
+            origin: match line_of(text, needle) {
+                Some(l) => format!("{origin}:{l}"),
+                None => origin.to_string(),
+            },
+            message: format!("{key}: {message}"),
+        };
+        if let Some(id) = &self.install_id {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(err("install_id", "install_id", "use 1 to 64 letters, digits or '-'".into()));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(err(
+                    "database.url",
+                    "url",
+                    format!("{} is neither sqlite:PATH nor postgres://…", crate::store::redact_url(url)),
+                ));
+            }
+        }
+        if self.resource_classes.is_empty() {
+            return Err(err("resource_classes", "resource_classes", "at least one resource class is needed".into()));
+        }
+        for (name, rc) in &self.resource_classes {
+            if rc.instance_type.trim().is_empty() {
+                return Err(err(&format!("resource_classes.{name}.instance_type"), name, "must not be empty".into()));
+            }
+        }
+        let catalog = self.catalog();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let key = format!("pools[{i}]");
+            let Some(rc) = self.resource_classes.get(&pool.resource_class) else {
+                return Err(err(
+                    &format!("{key}.resource_class"),
+                    &pool.resource_class,
+                    format!("unknown resource class {:?}", pool.resource_class),
+                ));
+            };
+            let req = requirement(pool.executor, rc);
+            if let Err(e) = catalog.resolve(&pool.image, &req) {
+                return Err(err(&format!("{key}.image"), &pool.image, e.to_string()));
+            }
+            if let Some(max) = pool.max_instances {
+                if max < pool.min_idle {
+                    return Err(err(
+                        &format!("{key}.max_instances"),
+                        "max_instances",
+                        format!("{max} is below min_idle {}", pool.min_idle),
+                    ));
+                }
+            }
+        }
+        for t in &self.auth.tokens {
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(err(
+                    &format!("auth.tokens[{}].sha256", t.name),
+                    &t.name,
+                    "must be 64 hex digits (the SHA-256 of the token, never the token itself)".into(),
+                ));
+            }
+            for s in &t.scopes {
+                if crate::auth::Scope::parse(s).is_none() {
+                    return Err(err(
+                        &format!("auth.tokens[{}].scopes", t.name),
+                        s,
+                        format!("unknown scope {s:?}; use admin, operator or agent"),
+                    ));
+                }
+            }
+        }
+        if self.reconcile_interval.is_zero() {
+            return Err(err("reconcile_interval", "reconcile_interval", "must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The image catalog: built-ins plus the operator's custom AMIs and images.
+    pub fn catalog(&self) -> Catalog {
+        let mut c = Catalog::builtin();
+        let mut custom =
+            |name: &str, alias: &str, amis: &BTreeMap<String, String>, executors: Vec<Executor>, platform, gpu| {
+                if amis.is_empty() {
+                    return;
+                }
+                c.add(Image {
+                    name: name.into(),
+                    version: "custom".into(),
+                    platform,
+                    arch: Arch::X86_64,
+                    executors,
+                    gpu,
+                    amis: amis.clone(),
+                });
+                c.alias(alias, &format!("{name}:custom"));
+            };
+        let im = &self.images;
+        custom(
+            "custom-linux",
+            "default",
+            &im.custom_linux,
+            vec![Executor::Machine, Executor::RemoteDocker],
+            Platform::Linux,
+            false,
+        );
+        custom(
+            "custom-remote-docker",
+            "docker-default",
+            &im.custom_remote_docker,
+            vec![Executor::RemoteDocker],
+            Platform::Linux,
+            false,
+        );
+        custom(
+            "custom-windows",
+            "windows-default",
+            &im.custom_windows,
+            vec![Executor::Machine],
+            Platform::Windows,
+            false,
+        );
+        custom("custom-gpu", "gpu-default", &im.custom_gpu, vec![Executor::Machine], Platform::Linux, true);
+        for img in &im.extra {
+            c.add(img.clone());
+        }
+        for (alias, target) in &im.aliases {
+            c.alias(alias, target);
+        }
+        c
+    }
+
+    /// The database URL: the configured one, or SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("vmfleet.db").display()))
+    }
+
+    /// Where the generated admin token is written.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+/// What a resource class needs from an image.
+pub fn requirement(executor: Executor, rc: &ResourceClass) -> vmfleet_images::Requirement {
+    vmfleet_images::Requirement { executor, platform: rc.platform, arch: rc.arch, gpu: rc.gpus > 0 }
+}
+
+/// Deserializes YAML, reporting the key path and line of the first error.
+///
+/// # Errors
+/// [`ConfigError`] as `origin:line: path: message`.
+pub fn from_yaml_str<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let origin = match inner.location() {
+            Some(l) => format!("{origin}:{}", l.line()),
+            None => origin.to_string(),
+        };
+        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+        ConfigError { origin, message }
+    })
+}
+
+fn set_path(v: &mut serde_yaml_ng::Value, path: &[String], leaf: serde_yaml_ng::Value) -> Result<(), String> {
+    use serde_yaml_ng::Value;
+    let Some((head, rest)) = path.split_first() else {
+        *v = leaf;
+        return Ok(());
+    };
+    if v.is_null() {
+        *v = Value::Mapping(Default::default());
+    }
+    match v {
+        Value::Mapping(m) => {
+            let entry = m.entry(Value::String(head.clone())).or_insert(Value::Null);
+            set_path(entry, rest, leaf)
+        }
+        Value::Sequence(s) => {
+            let i: usize = head.parse().map_err(|_| format!("{head} is not a list index"))?;
+            let item = s.get_mut(i).ok_or_else(|| format!("list has no item {i}"))?;
+            set_path(item, rest, leaf)
+        }
+        _ => Err(format!("{head} is inside a value that is not a section")),
+    }
+}
+
+/// The 1-based line of the first line containing `needle` as a word-ish match.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_follow_the_operations_guide() {
+        let c = Config::parse("", "t", no_env()).expect("defaults");
+        assert_eq!(c.timeouts.ssh_connect, Duration::from_secs(180));
+        assert_eq!(c.timeouts.vm_start, Duration::from_secs(300));
+        assert_eq!(c.timeouts.long_running_task, Duration::from_secs(21600));
+        assert_eq!(c.timeouts.dlc_inactivity, Duration::from_secs(14 * 86400));
+        assert!(!c.provider.use_public_ip);
+        assert_eq!(c.listen.port(), 3001);
+        assert_eq!(c.resource_classes.len(), 12);
+        assert_eq!(c.resource_classes["arm.large"].arch, Arch::Arm64);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "listen: 127.0.0.1:3001\ntimeouts:\n  ssh_conect: 10s\n";
+        let e = Config::parse(text, "vmfleet.yaml", no_env()).expect_err("typo");
+        assert_eq!(e.origin, "vmfleet.yaml:3");
+        assert!(e.message.contains("ssh_conect"), "{e}");
+        assert!(e.message.contains("timeouts"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = "pools:\n  - executor: machine\n    resource_class: hugeish\n";
+        let e = Config::parse(text, "f.yaml", no_env()).expect_err("bad class");
+        assert_eq!(e.origin, "f.yaml:3");
+        assert!(e.message.starts_with("pools[0].resource_class"), "{e}");
+        let text = "pools:\n  - executor: machine\n    resource_class: windows.medium\n";
+        let e = Config::parse(text, "f.yaml", no_env()).expect_err("linux image on windows class");
+        assert!(e.message.contains("pools[0].image"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            ("VMFLEET__TIMEOUTS__SSH_CONNECT".to_string(), "20s".to_string()),
+            ("VMFLEET__PROVIDER__USE_PUBLIC_IP".to_string(), "true".to_string()),
+            ("VMFLEET__DATABASE__MAX_CONNECTIONS".to_string(), "3".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::parse("timeouts:\n  vm_start: 100s\n", "t", env).expect("env");
+        assert_eq!(c.timeouts.ssh_connect, Duration::from_secs(20));
+        assert_eq!(c.timeouts.vm_start, Duration::from_secs(100));
+        assert!(c.provider.use_public_ip);
+        assert_eq!(c.database.max_connections, 3);
+        let bad = vec![("VMFLEET__TIMEOUTS__NOPE".to_string(), "1s".to_string())];
+        let e = Config::parse("", "t", bad).expect_err("unknown env key");
+        assert!(e.origin.contains("VMFLEET__TIMEOUTS__NOPE") && e.message.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn custom_amis_take_over_aliases() {
+        let text = "images:\n  custom_windows: {us-east-1: ami-0win}\n";
+        let c = Config::parse(text, "t", no_env()).expect("custom");
+        let cat = c.catalog();
+        let req = requirement(Executor::Machine, &c.resource_classes["windows.medium"]);
+        let img = cat.resolve("windows-default", &req).expect("windows");
+        assert_eq!(cat.ami(img, "us-east-1").expect("ami"), "ami-0win");
+    }
+
+    #[test]
+    fn token_must_be_a_hash() {
+        let text = "auth:\n  tokens:\n    - name: ci\n      sha256: plaintext-token\n      scopes: [agent]\n";
+        let e = Config::parse(text, "t", no_env()).expect_err("plaintext");
+        assert!(e.message.contains("64 hex"), "{e}");
+        assert!(!e.to_string().contains("plaintext-token"), "the value must not be echoed: {e}");
+    }
+}

@@ -1,0 +1,825 @@
+//! The fleet core: hands tasks their VMs and runs the reconcile loop.
+//!
+//! # Design
+//! Requests and releases only write intent to the store and wake the reconciler; the
+//! reconciler observes (store + one provider describe), plans (the `scaler` and `gc`
+//! planners), re-checks each action with a conditional update, and acts through the provider.
+//! Because every step starts from the store, a restart at any moment resumes where it stopped:
+//! a `requested` VM is launched (the VM id is the idempotency token), a `releasing` one is
+//! terminated. Only one replica reconciles at a time (a PostgreSQL advisory lock; SQLite has
+//! one process).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use vmfleet_images::{Catalog, Executor};
+use vmfleet_provisioner::{ssh, InstanceState, LaunchSpec, Platform, Provider, ProvisionError, VolumeSpec};
+
+use crate::config::{requirement, Config, ProviderKind};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, short_id, AuditEvent, Db, Store, StoreError, TaskRow, VmRow, VmState, VolumeRow};
+
+/// Errors the API maps to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The request names something that does not exist or does not fit (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Not found (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Database or provider trouble (500/503).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for FleetError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => FleetError::NotFound(m),
+            StoreError::Conflict(m) => FleetError::Conflict(m),
+            e => FleetError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A request for a VM.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// `machine` or `remote-docker`.
+    pub executor: String,
+    /// Image alias or `name:version`.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Resource class.
+    #[serde(default = "default_class")]
+    pub resource_class: String,
+    /// Project the task belongs to (DLC volumes are per project).
+    pub project: String,
+    /// Whether the task wants its project's Docker-layer-cache volume.
+    #[serde(default)]
+    pub docker_layer_caching: bool,
+}
+
+fn default_image() -> String {
+    "default".into()
+}
+fn default_class() -> String {
+    "medium".into()
+}
+
+/// Pool key of a task or VM.
+pub fn pool_key(executor: &str, image: &str, resource_class: &str) -> String {
+    format!("{executor}/{image}/{resource_class}")
+}
+
+/// The fleet service.
+pub struct Fleet {
+    /// The store.
+    pub store: Store,
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Image catalog.
+    pub catalog: Catalog,
+    /// Installation id.
+    pub install_id: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    wake: Notify,
+    checking: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("install_id", &self.install_id).finish_non_exhaustive()
+    }
+}
+
+/// Builds the configured provider.
+///
+/// # Errors
+/// When the provider cannot be set up.
+pub fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
+    match config.provider.kind {
+        ProviderKind::Local => {
+            let root = config.provider.local.root.clone().unwrap_or_else(|| config.data_dir.join("local"));
+            let program = match &config.provider.local.agent_program {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?,
+            };
+            Ok(Arc::new(vmfleet_provisioner::local::LocalProvider::new(root, program)?))
+        }
+    }
+}
+
+impl Fleet {
+    /// A fleet over `store` and `provider`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the installation id cannot be read or set.
+    pub async fn new(config: Config, store: Store, provider: Arc<dyn Provider>) -> Result<Arc<Self>, StoreError> {
+        let install_id = store.install_id(config.install_id.as_deref()).await?;
+        let catalog = config.catalog();
+        Ok(Arc::new(Self {
+            store,
+            provider,
+            catalog,
+            install_id,
+            config: Arc::new(config),
+            metrics: Metrics::default(),
+            wake: Notify::new(),
+            checking: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// Wakes the reconciler.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn new_vm(
+        &self,
+        executor: Executor,
+        image: &str,
+        resource_class: &str,
+        task_id: Option<&str>,
+        now: i64,
+    ) -> Result<VmRow, FleetError> {
+        let rc = self
+            .config
+            .resource_classes
+            .get(resource_class)
+            .ok_or_else(|| FleetError::BadRequest(format!("unknown resource class {resource_class:?}")))?;
+        let img = self
+            .catalog
+            .resolve(image, &requirement(executor, rc))
+            .map_err(|e| FleetError::BadRequest(e.to_string()))?;
+        let platform = match img.platform {
+            vmfleet_images::Platform::Linux => "linux",
+            vmfleet_images::Platform::Windows => "windows",
+        };
+        if self.config.provider.kind == ProviderKind::Local && platform != "linux" {
+            return Err(FleetError::BadRequest(format!(
+                "the local provider runs Linux images only; {image} is a Windows image"
+            )));
+        }
+        let id = format!("vm-{}", short_id());
+        let keys = ssh::generate_keypair(&id).map_err(|e| FleetError::Internal(e.to_string()))?;
+        Ok(VmRow {
+            id,
+            pool: pool_key(executor.as_str(), image, resource_class),
+            executor: executor.as_str().into(),
+            image: image.into(),
+            resource_class: resource_class.into(),
+            preallocated: task_id.is_none(),
+            state: VmState::Requested.as_str().into(),
+            task_id: task_id.map(Into::into),
+            instance_id: None,
+            image_id: img.id(),
+            instance_type: rc.instance_type.clone(),
+            platform: platform.into(),
+            zone: None,
+            host: None,
+            ssh_port: None,
+            ssh_user: "circleci".into(),
+            ssh_private_key: keys.private_openssh,
+            ssh_public_key: keys.public_openssh,
+            host_key: None,
+            draining: false,
+            failure_reason: None,
+            requested_at: now,
+            provisioning_at: None,
+            booting_at: None,
+            ready_at: None,
+            assigned_at: None,
+            releasing_at: None,
+            terminating_at: None,
+            terminated_at: None,
+            failed_at: None,
+            state_since: now,
+        })
+    }
+
+    /// Records a task and gives it a VM: a warm one at once if its pool has one, else an
+    /// on-demand launch.
+    ///
+    /// # Errors
+    /// [`FleetError::BadRequest`] naming an unknown executor, image, resource class or a bad
+    /// project name.
+    pub async fn request_task(&self, req: &TaskRequest) -> Result<TaskRow, FleetError> {
+        let executor = Executor::parse(&req.executor).ok_or_else(|| {
+            FleetError::BadRequest(format!("unknown executor {:?}; use machine or remote-docker", req.executor))
+        })?;
+        validate_project(&req.project)?;
+        let now = now_ms();
+        let task = TaskRow {
+            id: format!("task-{}", short_id()),
+            pool: pool_key(executor.as_str(), &req.image, &req.resource_class),
+            executor: executor.as_str().into(),
+            image: req.image.clone(),
+            resource_class: req.resource_class.clone(),
+            project: req.project.clone(),
+            dlc: req.docker_layer_caching,
+            state: "waiting".into(),
+            vm_id: None,
+            volume_id: None,
+            failure_reason: None,
+            created_at: now,
+            assigned_at: None,
+            released_at: None,
+        };
+        let on_demand = self.new_vm(executor, &req.image, &req.resource_class, Some(&task.id), now)?;
+        let a = self.store.request_task(&task, &on_demand).await?;
+        if a.handed_over {
+            self.metrics.assignment_latency.observe((now_ms() - now) as f64 / 1000.0);
+        }
+        self.audit("task.request", "api", &task.id, &format!("vm {} warm={}", a.vm.id, a.warm)).await;
+        self.wake();
+        Ok(self.store.task(&task.id).await?)
+    }
+
+    /// Releases a task; its VM is destroyed and its volume detached.
+    ///
+    /// # Errors
+    /// [`FleetError::NotFound`].
+    pub async fn release_task(&self, id: &str) -> Result<TaskRow, FleetError> {
+        let t = self.store.release_task(id, now_ms()).await?;
+        self.audit("task.release", "api", id, "").await;
+        self.wake();
+        Ok(t)
+    }
+
+    /// Stops new work going to a VM.
+    ///
+    /// # Errors
+    /// [`FleetError::NotFound`].
+    pub async fn drain_vm(&self, id: &str) -> Result<VmRow, FleetError> {
+        let vm = self.store.drain_vm(id).await?;
+        self.audit("vm.drain", "api", id, "").await;
+        Ok(vm)
+    }
+
+    /// Destroys a VM now; a task running on it fails with that reason.
+    ///
+    /// # Errors
+    /// [`FleetError::NotFound`].
+    pub async fn destroy_vm(&self, id: &str) -> Result<VmRow, FleetError> {
+        let vm = self.store.vm(id).await?;
+        let now = now_ms();
+        match &vm.task_id {
+            Some(task) if matches!(vm.vm_state(), Some(s) if is_live(s)) => {
+                self.store.fail_task(task, &format!("vm {id} was destroyed by an operator"), now).await?;
+            }
+            _ => {
+                use VmState::*;
+                self.store.transition(id, &[Requested, Provisioning, Booting, Ready, Assigned], Releasing, now).await?;
+            }
+        }
+        self.audit("vm.destroy", "api", id, "").await;
+        self.wake();
+        Ok(self.store.vm(id).await?)
+    }
+
+    /// Marks a volume for deletion.
+    ///
+    /// # Errors
+    /// [`FleetError::Conflict`] while it is attached.
+    pub async fn delete_volume(&self, id: &str) -> Result<VolumeRow, FleetError> {
+        let v = self.store.request_volume_delete(id, now_ms()).await?;
+        self.audit("volume.delete", "api", id, "").await;
+        self.wake();
+        Ok(v)
+    }
+
+    async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {
+        let e = AuditEvent {
+            id: short_id(),
+            version: 1,
+            action: action.into(),
+            actor: actor.into(),
+            target: target.into(),
+            payload: payload.into(),
+            occurred_at: now_ms(),
+            scope: self.install_id.clone(),
+            success: true,
+            request: None,
+        };
+        if let Err(err) = self.store.audit(&e).await {
+            warn!(%err, action, "audit event not written");
+        }
+    }
+
+    /// Runs the reconcile loop until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util_shutdown::Shutdown) {
+        let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+        loop {
+            let is_leader = match self.store.db() {
+                Db::Sqlite(_) => true,
+                Db::Postgres(pool) => {
+                    if leader.is_none() {
+                        leader = try_lead(pool).await;
+                    }
+                    leader.is_some()
+                }
+            };
+            if is_leader {
+                if let Err(e) = self.reconcile_once().await {
+                    warn!(error = %e, "reconcile pass failed; retrying");
+                    // A failed pass may mean a lost connection: lead again from scratch.
+                    leader = None;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.config.reconcile_interval) => {},
+            }
+        }
+    }
+
+    /// One pass of observe, plan, re-check, act.
+    ///
+    /// # Errors
+    /// Store or provider errors that stop the pass; the next pass starts over.
+    pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), FleetError> {
+        let now = now_ms();
+        self.launch_requested().await?;
+        let instances = self
+            .provider
+            .describe(&self.install_id)
+            .await
+            .map_err(|e| FleetError::Internal(format!("describe instances: {e}")))?;
+        let by_id: HashMap<&str, &vmfleet_provisioner::Instance> =
+            instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+
+        let vms = self.store.live_vms().await?;
+        for vm in &vms {
+            let Some(state) = vm.vm_state() else { continue };
+            match state {
+                VmState::Provisioning => {
+                    let inst = vm.instance_id.as_deref().and_then(|id| by_id.get(id));
+                    if let Some(inst) = inst.filter(|i| i.state == InstanceState::Running) {
+                        if let Some(host) = &inst.host {
+                            self.store.set_booting(&vm.id, host, inst.ssh_port, inst.host_key.as_deref(), now).await?;
+                            self.spawn_readiness(&vm.id);
+                        }
+                    }
+                }
+                VmState::Booting => self.spawn_readiness(&vm.id),
+                VmState::Assigned => {
+                    // A warm VM claimed by a DLC task: attach the volume, then hand over.
+                    if let Some(task_id) = &vm.task_id {
+                        let task = self.store.task(task_id).await?;
+                        if task.state == "waiting" {
+                            self.spawn_handover(vm.id.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let gone = self.retire_released(&vms).await?;
+        self.delete_volumes().await?;
+        self.scale(&vms).await?;
+        // The describe above predates this pass's terminations.
+        let still: Vec<vmfleet_provisioner::Instance> =
+            instances.into_iter().filter(|i| !gone.contains(&i.instance_id)).collect();
+        self.collect(&still, now).await?;
+        Ok(())
+    }
+
+    async fn launch_requested(&self) -> Result<(), FleetError> {
+        for vm in self.store.vms(&[VmState::Requested]).await? {
+            let spec = LaunchSpec {
+                vm_id: vm.id.clone(),
+                install_id: self.install_id.clone(),
+                pool: vm.pool.clone(),
+                image_id: vm.image_id.clone(),
+                instance_type: vm.instance_type.clone(),
+                platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
+                ssh_user: vm.ssh_user.clone(),
+                ssh_public_key: vm.ssh_public_key.clone(),
+                tags: self.config.provider.tags.clone(),
+            };
+            match self.provider.launch(&spec).await {
+                Ok(inst) => {
+                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, now_ms()).await?;
+                    info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "launched");
+                }
+                Err(ProvisionError::Invalid(m)) => {
+                    self.store.fail_vm(&vm.id, &format!("launch refused: {m}"), now_ms()).await?;
+                }
+                Err(e) => warn!(vm = %vm.id, error = %e, "launch failed; will retry"),
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_readiness(self: &Arc<Self>, vm_id: &str) {
+        if !self.checking.lock().unwrap_or_else(|p| p.into_inner()).insert(vm_id.to_string()) {
+            return;
+        }
+        let fleet = self.clone();
+        let vm_id = vm_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = fleet.become_ready(&vm_id).await {
+                warn!(vm = %vm_id, error = %e, "readiness check failed");
+            }
+            fleet.checking.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
+            fleet.wake();
+        });
+    }
+
+    fn spawn_handover(self: &Arc<Self>, vm_id: String) {
+        if !self.checking.lock().unwrap_or_else(|p| p.into_inner()).insert(vm_id.clone()) {
+            return;
+        }
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let vm = fleet.store.vm(&vm_id).await;
+            let result = match vm {
+                Ok(vm) => fleet.hand_over(&vm).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                warn!(vm = %vm_id, error = %e, "hand-over failed");
+            }
+            fleet.checking.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
+        });
+    }
+
+    fn ssh_target(vm: &VmRow) -> Option<ssh::Target> {
+        Some(ssh::Target {
+            host: vm.host.clone()?,
+            port: u16::try_from(vm.ssh_port?).ok()?,
+            user: vm.ssh_user.clone(),
+            private_key: vm.ssh_private_key.clone(),
+            host_key: vm.host_key.clone(),
+        })
+    }
+
+    /// SSH handshake within the connect timeout (and what is left of the start timeout), then
+    /// ready (or handed to its task).
+    async fn become_ready(&self, vm_id: &str) -> Result<(), FleetError> {
+        let vm = self.store.vm(vm_id).await?;
+        if vm.vm_state() != Some(VmState::Booting) {
+            return Ok(());
+        }
+        let Some(target) = Self::ssh_target(&vm) else { return Ok(()) };
+        let start_left = self.config.timeouts.vm_start.as_millis() as i64 - (now_ms() - vm.requested_at);
+        let deadline = self.config.timeouts.ssh_connect.min(Duration::from_millis(start_left.max(1) as u64));
+        match ssh::wait_ready(&target, deadline).await {
+            Ok(session) => session.close().await,
+            Err(e) => {
+                let reason = format!("SSH not ready: {e}");
+                self.store.fail_vm(vm_id, &reason, now_ms()).await?;
+                self.audit("vm.fail", "fleet", vm_id, &reason).await;
+                return Ok(());
+            }
+        }
+        let now = now_ms();
+        self.metrics.provisioning_duration.observe((now - vm.requested_at) as f64 / 1000.0);
+        match &vm.task_id {
+            Some(_) => self.hand_over(&vm).await,
+            None => {
+                self.store.transition(vm_id, &[VmState::Booting], VmState::Ready, now).await?;
+                info!(vm = %vm_id, pool = %vm.pool, "ready (warm)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Attaches the task's DLC volume if it wants one, then hands the VM over.
+    async fn hand_over(&self, vm: &VmRow) -> Result<(), FleetError> {
+        let Some(task_id) = &vm.task_id else { return Ok(()) };
+        let task = self.store.task(task_id).await?;
+        if task.state != "waiting" {
+            return Ok(());
+        }
+        if task.dlc {
+            self.attach_volume(&task, vm).await?;
+        }
+        let now = now_ms();
+        self.store.hand_over(task_id, &vm.id, now).await?;
+        self.metrics.assignment_latency.observe((now - task.created_at) as f64 / 1000.0);
+        info!(vm = %vm.id, task = %task_id, "handed over");
+        Ok(())
+    }
+
+    async fn attach_volume(&self, task: &TaskRow, vm: &VmRow) -> Result<(), FleetError> {
+        let now = now_ms();
+        let zone = vm.zone.clone().unwrap_or_default();
+        let fresh = VolumeRow {
+            id: format!("vol-{}", short_id()),
+            project: task.project.clone(),
+            provider_id: None,
+            zone: zone.clone(),
+            size_gb: i64::from(self.config.volumes.size_gb),
+            state: "creating".into(),
+            task_id: Some(task.id.clone()),
+            vm_id: Some(vm.id.clone()),
+            created_at: now,
+            last_used_at: now,
+            state_since: now,
+        };
+        let mut task = task.clone();
+        task.vm_id = Some(vm.id.clone());
+        let vol = self.store.claim_volume(&task, &zone, &fresh).await?;
+        let provider_id = match &vol.provider_id {
+            Some(p) => p.clone(),
+            None => {
+                let spec = VolumeSpec {
+                    volume_id: vol.id.clone(),
+                    install_id: self.install_id.clone(),
+                    project: vol.project.clone(),
+                    size_gb: vol.size_gb as u32,
+                    zone,
+                    tags: self.config.provider.tags.clone(),
+                };
+                let created =
+                    self.provider.create_volume(&spec).await.map_err(|e| FleetError::Internal(e.to_string()))?;
+                self.store.set_volume_provider_id(&vol.id, &created.provider_id, now_ms()).await?;
+                created.provider_id
+            }
+        };
+        let instance = vm.instance_id.clone().unwrap_or_default();
+        self.provider.attach_volume(&provider_id, &instance).await.map_err(|e| FleetError::Internal(e.to_string()))?;
+        self.store.set_volume_attached(&vol.id, &task.id, &vm.id, now_ms()).await?;
+        Ok(())
+    }
+
+    /// Detaches volumes of released VMs, then terminates their instances in one call. Returns
+    /// the instances terminated.
+    async fn retire_released(&self, vms: &[VmRow]) -> Result<HashSet<String>, FleetError> {
+        let now = now_ms();
+        for vol in self.store.volumes(Some("detaching")).await? {
+            let instance =
+                vol.vm_id.as_deref().and_then(|id| vms.iter().find(|v| v.id == id)).and_then(|v| v.instance_id.clone());
+            let detached = match (&vol.provider_id, instance) {
+                (Some(p), Some(i)) => self.provider.detach_volume(p, &i).await,
+                _ => Ok(()),
+            };
+            match detached {
+                Ok(()) | Err(ProvisionError::NotFound(_)) => self.store.set_volume_detached(&vol.id, now).await?,
+                Err(e) => warn!(volume = %vol.id, error = %e, "detach failed; will retry"),
+            }
+        }
+        let retiring: Vec<&VmRow> =
+            vms.iter().filter(|v| matches!(v.vm_state(), Some(VmState::Releasing | VmState::Terminating))).collect();
+        if retiring.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let still_attached: HashSet<String> =
+            self.store.volumes(Some("detaching")).await?.into_iter().filter_map(|v| v.vm_id).collect();
+        let ready: Vec<&VmRow> = retiring.into_iter().filter(|v| !still_attached.contains(&v.id)).collect();
+        let ids: Vec<String> = ready.iter().filter_map(|v| v.instance_id.clone()).collect();
+        for vm in &ready {
+            self.store.transition(&vm.id, &[VmState::Releasing], VmState::Terminating, now).await?;
+        }
+        match self.provider.terminate(&ids).await {
+            Ok(()) => {
+                for vm in ready {
+                    self.store.transition(&vm.id, &[VmState::Terminating], VmState::Terminated, now_ms()).await?;
+                    info!(vm = %vm.id, "terminated");
+                }
+                Ok(ids.into_iter().collect())
+            }
+            Err(e) => {
+                warn!(error = %e, "terminate failed; will retry");
+                Ok(HashSet::new())
+            }
+        }
+    }
+
+    async fn delete_volumes(&self) -> Result<(), FleetError> {
+        for vol in self.store.volumes(Some("deleting")).await? {
+            let result = match &vol.provider_id {
+                Some(p) => self.provider.delete_volume(p).await,
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => self.store.set_volume_state(&vol.id, "deleted", now_ms()).await?,
+                Err(e) => warn!(volume = %vol.id, error = %e, "volume delete failed; will retry"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Warm pools: observe, plan with the scaler, re-check, act.
+    async fn scale(&self, vms: &[VmRow]) -> Result<(), FleetError> {
+        if self.config.pools.is_empty() {
+            return Ok(());
+        }
+        let counts = self.store.counts().await?;
+        let mut pools = Vec::new();
+        for p in &self.config.pools {
+            let key = pool_key(p.executor.as_str(), &p.image, &p.resource_class);
+            let mut obs = vmfleet_scaler::PoolObservation { pool: key.clone(), ..Default::default() };
+            for vm in vms.iter().filter(|v| v.pool == key) {
+                match vm.vm_state() {
+                    Some(VmState::Ready) if !vm.draining => obs.idle.push(vmfleet_scaler::IdleVm {
+                        vm_id: vm.id.clone(),
+                        ready_at_ms: vm.ready_at.unwrap_or(vm.requested_at),
+                    }),
+                    Some(VmState::Requested | VmState::Provisioning | VmState::Booting) if vm.task_id.is_none() => {
+                        obs.starting += 1
+                    }
+                    Some(VmState::Releasing | VmState::Terminating) => {}
+                    Some(_) => obs.busy += 1,
+                    None => {}
+                }
+            }
+            obs.waiting = counts
+                .tasks
+                .iter()
+                .filter(|(pool, state, _)| *pool == key && state == "waiting")
+                .map(|(_, _, n)| *n as u32)
+                .sum();
+            pools.push((obs, vmfleet_scaler::PoolPolicy { min_idle: p.min_idle, max_instances: p.max_instances }));
+        }
+        // Instances outside configured pools count against the fleet bound too.
+        let configured: HashSet<&str> = pools.iter().map(|(o, _)| o.pool.as_str()).collect();
+        let others = vms
+            .iter()
+            .filter(|v| !configured.contains(v.pool.as_str()))
+            .filter(|v| !matches!(v.vm_state(), Some(VmState::Releasing | VmState::Terminating)))
+            .count() as u32;
+        let fleet_max = self.config.limits.max_instances.map(|m| m.saturating_sub(others));
+        for action in vmfleet_scaler::plan(&pools, fleet_max) {
+            match action {
+                vmfleet_scaler::ScaleAction::Launch { pool, count, reason } => {
+                    let Some(p) = self
+                        .config
+                        .pools
+                        .iter()
+                        .find(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class) == pool)
+                    else {
+                        continue;
+                    };
+                    for _ in 0..count {
+                        let vm = self.new_vm(p.executor, &p.image, &p.resource_class, None, now_ms())?;
+                        self.store.insert_vm(&vm).await?;
+                    }
+                    info!(%pool, count, %reason, "warm launch");
+                    self.wake();
+                }
+                vmfleet_scaler::ScaleAction::Terminate { vm_id, reason, .. } => {
+                    // Re-check: only if it is still idle (a task may have just claimed it).
+                    if self.store.transition(&vm_id, &[VmState::Ready], VmState::Releasing, now_ms()).await? {
+                        info!(vm = %vm_id, %reason, "scale in");
+                        self.audit("vm.terminate", "scaler", &vm_id, &reason).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Garbage collection: stuck, lost, leaked and orphaned.
+    async fn collect(&self, instances: &[vmfleet_provisioner::Instance], now: i64) -> Result<(), FleetError> {
+        let all = self.store.vms(&[]).await?;
+        let records: Vec<vmfleet_gc::VmRecord> = all.iter().filter_map(gc_record).collect();
+        let cloud: Vec<vmfleet_gc::CloudInstance> = instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .map(|i| vmfleet_gc::CloudInstance {
+                instance_id: i.instance_id.clone(),
+                vm_id: i.vm_id.clone(),
+                launched_at_ms: i.launched_at_ms,
+            })
+            .collect();
+        let settings = vmfleet_gc::Settings {
+            vm_start_timeout_ms: self.config.timeouts.vm_start.as_millis() as i64,
+            long_running_task_timeout_ms: self.config.timeouts.long_running_task.as_millis() as i64,
+            orphan_grace_ms: self.config.gc.orphan_grace.as_millis() as i64,
+            retire_grace_ms: 60_000,
+        };
+        for action in vmfleet_gc::plan(&records, &cloud, now, &settings, self.config.gc.budget) {
+            self.apply_gc(&action).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one collector action.
+    ///
+    /// # Errors
+    /// Store errors; provider errors leave the record for the next pass.
+    pub async fn apply_gc(&self, action: &vmfleet_gc::GcAction) -> Result<(), FleetError> {
+        use vmfleet_gc::GcAction;
+        let now = now_ms();
+        match action {
+            GcAction::FailVm { vm_id, instance_id, reason } => {
+                if let Some(i) = instance_id {
+                    if let Err(e) = self.provider.terminate(std::slice::from_ref(i)).await {
+                        warn!(vm = %vm_id, error = %e, "terminate failed; will retry");
+                        return Ok(());
+                    }
+                }
+                self.store.fail_vm(vm_id, reason, now).await?;
+                self.audit("vm.terminate", "gc", vm_id, reason).await;
+            }
+            GcAction::TerminateInstance { instance_id, vm_id, reason } => {
+                if let Err(e) = self.provider.terminate(std::slice::from_ref(instance_id)).await {
+                    warn!(instance = %instance_id, error = %e, "terminate failed; will retry");
+                    return Ok(());
+                }
+                if let Some(vm) = vm_id {
+                    let _ = self
+                        .store
+                        .transition(vm, &[VmState::Releasing, VmState::Terminating], VmState::Terminated, now)
+                        .await;
+                }
+                self.audit("vm.terminate", "gc", instance_id, reason).await;
+            }
+            GcAction::MarkLost { vm_id, reason } => {
+                self.store.fail_vm(vm_id, &format!("lost: {reason}"), now).await?;
+                self.audit("vm.lost", "gc", vm_id, reason).await;
+            }
+        }
+        info!(reason = action.reason(), "gc");
+        Ok(())
+    }
+}
+
+fn is_live(s: VmState) -> bool {
+    !matches!(s, VmState::Terminated | VmState::Failed)
+}
+
+fn gc_record(vm: &VmRow) -> Option<vmfleet_gc::VmRecord> {
+    use vmfleet_gc::Phase;
+    let phase = match vm.vm_state()? {
+        VmState::Requested | VmState::Provisioning | VmState::Booting => Phase::Starting,
+        VmState::Ready => Phase::Ready,
+        VmState::Assigned => Phase::Assigned,
+        VmState::Releasing | VmState::Terminating => Phase::Retiring,
+        VmState::Terminated | VmState::Failed => Phase::Done,
+    };
+    Some(vmfleet_gc::VmRecord {
+        vm_id: vm.id.clone(),
+        phase,
+        instance_id: vm.instance_id.clone(),
+        requested_at_ms: vm.requested_at,
+        state_since_ms: vm.state_since,
+    })
+}
+
+fn validate_project(p: &str) -> Result<(), FleetError> {
+    let ok = !p.is_empty()
+        && p.len() <= 200
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FleetError::BadRequest(format!("project name {p:?} must be 1 to 200 letters, digits or - _ . / @ :")))
+    }
+}
+
+async fn try_lead(pool: &sqlx::PgPool) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    // A session-level advisory lock held on a dedicated connection: it is released when the
+    // connection (or the process) dies, and another replica takes over.
+    const KEY: i64 = 0x766d_666c_6565_74;
+    let mut conn = pool.acquire().await.ok()?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(KEY).fetch_one(&mut *conn).await.ok()?;
+    got.then_some(conn)
+}
+
+/// A tiny shutdown signal shared by the server and the loops.
+pub mod tokio_util_shutdown {
+    use std::sync::Arc;
+    use tokio::sync::watch;
+
+    /// Clonable shutdown signal.
+    #[derive(Clone, Debug)]
+    pub struct Shutdown {
+        rx: watch::Receiver<bool>,
+        tx: Arc<watch::Sender<bool>>,
+    }
+
+    impl Default for Shutdown {
+        fn default() -> Self {
+            let (tx, rx) = watch::channel(false);
+            Self { rx, tx: Arc::new(tx) }
+        }
+    }
+
+    impl Shutdown {
+        /// Fires the signal.
+        pub fn trigger(&self) {
+            let _ = self.tx.send(true);
+        }
+        /// Waits for the signal.
+        pub async fn wait(&self) {
+            let mut rx = self.rx.clone();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}

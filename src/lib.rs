@@ -1,0 +1,15 @@
+//! vmfleet: a VM fleet and autoscaling controller for CI executors.
+//!
+//! The service shell: configuration, the store, the fleet core, the HTTP API and the CLI's
+//! client. Cloud drivers live in `vmfleet-provisioner`, the image catalog in `vmfleet-images`,
+//! and the pure planners in `vmfleet-scaler` and `vmfleet-gc`.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod fleet;
+pub mod metrics;
+pub mod server;
+pub mod store;

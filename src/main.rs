@@ -1,0 +1,468 @@
+//! The `vmfleet` command.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use vmfleet::api::views::{Summary, TaskView, VmView, VolumeView};
+use vmfleet::client::Client;
+use vmfleet::config::Config;
+
+#[derive(Parser)]
+#[command(name = "vmfleet", version, about = "VM fleet and autoscaling controller for CI executors")]
+struct Cli {
+    /// Configuration file (YAML). Every key can also be set as VMFLEET__SECTION__KEY.
+    #[arg(long, global = true, env = "VMFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Server to talk to; default the configured listen address.
+    #[arg(long, global = true, env = "VMFLEET_SERVER")]
+    server: Option<String>,
+    /// API token; default VMFLEET_TOKEN, else the admin token in the data directory.
+    #[arg(long, global = true, env = "VMFLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service (API on the configured listen address, default 127.0.0.1:3001).
+    Serve,
+    /// Bring the database schema up to date.
+    Migrate,
+    /// Installation id, VMs by state per pool, tasks waiting and running, volumes.
+    Status(JsonFlag),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// VMs.
+    #[command(subcommand)]
+    Vms(VmsCmd),
+    /// Docker-layer-cache volumes.
+    #[command(subcommand)]
+    Volumes(VolumesCmd),
+    /// Tasks: ask for a VM, look at it, release it.
+    #[command(subcommand)]
+    Tasks(TasksCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Runs one local VM's agent (started by the local provider).
+    #[command(hide = true)]
+    LocalVmAgent {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration; names the bad key and line.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum VmsCmd {
+    /// Live VMs.
+    List(JsonFlag),
+    /// One VM.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Give a VM no new work.
+    Drain { id: String },
+    /// Destroy a VM now (a task on it fails).
+    Destroy { id: String },
+}
+
+#[derive(Subcommand)]
+enum VolumesCmd {
+    /// Volumes.
+    List(JsonFlag),
+    /// Delete a volume (refused while attached).
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum TasksCmd {
+    /// Ask for a VM.
+    Request {
+        #[arg(long, default_value = "machine")]
+        executor: String,
+        #[arg(long, default_value = "default")]
+        image: String,
+        #[arg(long, default_value = "medium")]
+        resource_class: String,
+        #[arg(long)]
+        project: String,
+        /// Attach the project's Docker-layer-cache volume.
+        #[arg(long)]
+        dlc: bool,
+        /// Wait until the VM is handed over (or the task fails).
+        #[arg(long)]
+        wait: bool,
+        /// Write the VM's private key here (mode 0600) and print the ssh command.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// One task; with --json an assigned task carries its VM's SSH details.
+    Show {
+        id: String,
+        /// Write the VM's private key here (mode 0600) and print the ssh command.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Release a task: its VM is destroyed.
+    Release { id: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token in the database and print it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, operator or agent (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Print the SHA-256 of a token read from standard input, for `auth.tokens[].sha256`.
+    Hash,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Warm-pool assignment latency and throughput against the configured database.
+    Assign(vmfleet::bench::AssignArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::LocalVmAgent { dir } = &cli.cmd {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(vmfleet_provisioner::local::agent::run(dir)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMFLEET_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+fn client(cli: &Cli, config: &Config) -> anyhow::Result<Client> {
+    let base = cli.server.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let token = match &cli.token {
+        Some(t) => Some(t.clone()),
+        None => std::fs::read_to_string(config.admin_token_path()).ok().map(|t| t.trim().to_string()),
+    };
+    Client::new(&base, token)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "-".into())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    match &cli.cmd {
+        Cmd::Serve => {
+            let config = load_config(cli.config.as_deref())?;
+            vmfleet::server::serve(config, cli.config.clone()).await?;
+        }
+        Cmd::Migrate => {
+            let config = load_config(cli.config.as_deref())?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = vmfleet::store::Store::open(&config.database_url(), 2).await?;
+            println!("database {} is up to date", store.backend());
+        }
+        Cmd::Config(ConfigCmd::Check) => match Config::load(cli.config.as_deref(), std::env::vars()) {
+            Ok(c) => {
+                println!(
+                    "configuration ok: {} resource classes, {} pools, provider {:?}, database {}",
+                    c.resource_classes.len(),
+                    c.pools.len(),
+                    c.provider.kind,
+                    if c.database.url.is_some() { "postgres" } else { "sqlite (embedded)" }
+                );
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(std::process::ExitCode::from(2));
+            }
+        },
+        Cmd::Status(f) => {
+            let config = load_config(cli.config.as_deref())?;
+            let s: Summary = client(&cli, &config)?.get("/api/v1/summary").await?;
+            if f.json {
+                return print_json(&s).map(|_| ok);
+            }
+            println!("Installation  {}", s.install_id);
+            println!("Provider      {}", s.provider);
+            println!("Database      {}", s.database);
+            println!("Tasks         {} waiting, {} running", s.tasks_waiting, s.tasks_running);
+            let vols: Vec<String> = s.volumes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            println!("Volumes       {}", if vols.is_empty() { "none".into() } else { vols.join(", ") });
+            println!();
+            let states = ["requested", "provisioning", "booting", "ready", "assigned", "releasing", "terminating"];
+            let mut headers = vec!["Pool"];
+            headers.extend(states);
+            let rows = s
+                .pools
+                .iter()
+                .map(|(pool, m)| {
+                    let mut r = vec![pool.clone()];
+                    r.extend(states.iter().map(|st| m.get(*st).copied().unwrap_or(0).to_string()));
+                    r
+                })
+                .collect();
+            table(&headers, rows);
+        }
+        Cmd::Vms(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            let api = client(&cli, &config)?;
+            match c {
+                VmsCmd::List(f) => {
+                    let vms: Vec<VmView> = api.get("/api/v1/vms").await?;
+                    if f.json {
+                        return print_json(&vms).map(|_| ok);
+                    }
+                    table(
+                        &["ID", "Pool", "State", "Warm", "Task", "Instance", "Address"],
+                        vms.iter()
+                            .map(|v| {
+                                vec![
+                                    v.id.clone(),
+                                    v.pool.clone(),
+                                    v.state.clone() + if v.draining { " (draining)" } else { "" },
+                                    v.preallocated.to_string(),
+                                    opt(&v.task_id),
+                                    opt(&v.instance_id),
+                                    match (&v.host, v.ssh_port) {
+                                        (Some(h), Some(p)) => format!("{h}:{p}"),
+                                        _ => "-".into(),
+                                    },
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+                VmsCmd::Show { id, json } => {
+                    let v: VmView = api.get(&format!("/api/v1/vms/{id}")).await?;
+                    if json.json {
+                        return print_json(&v).map(|_| ok);
+                    }
+                    print_kv(&serde_json::to_value(&v)?);
+                }
+                VmsCmd::Drain { id } => {
+                    let v: VmView = api.post(&format!("/api/v1/vms/{id}/drain"), &json!({})).await?;
+                    println!("vm {} draining (state {})", v.id, v.state);
+                }
+                VmsCmd::Destroy { id } => {
+                    let v: VmView = api.delete(&format!("/api/v1/vms/{id}")).await?;
+                    println!("vm {} is {}", v.id, v.state);
+                }
+            }
+        }
+        Cmd::Volumes(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            let api = client(&cli, &config)?;
+            match c {
+                VolumesCmd::List(f) => {
+                    let vols: Vec<VolumeView> = api.get("/api/v1/volumes").await?;
+                    if f.json {
+                        return print_json(&vols).map(|_| ok);
+                    }
+                    table(
+                        &["ID", "Project", "State", "Zone", "Size", "VM", "Last used"],
+                        vols.iter()
+                            .map(|v| {
+                                vec![
+                                    v.id.clone(),
+                                    v.project.clone(),
+                                    v.state.clone(),
+                                    v.zone.clone(),
+                                    format!("{} GiB", v.size_gb),
+                                    opt(&v.vm_id),
+                                    v.last_used_at.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+                VolumesCmd::Delete { id } => {
+                    let v: VolumeView = api.delete(&format!("/api/v1/volumes/{id}")).await?;
+                    println!("volume {} is {}", v.id, v.state);
+                }
+            }
+        }
+        Cmd::Tasks(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            let api = client(&cli, &config)?;
+            match c {
+                TasksCmd::Request { executor, image, resource_class, project, dlc, wait, key_file, json } => {
+                    let body = json!({"executor": executor, "image": image, "resource_class": resource_class,
+                                      "project": project, "docker_layer_caching": dlc});
+                    let mut t: TaskView = api.post("/api/v1/tasks", &body).await?;
+                    if *wait {
+                        let deadline = tokio::time::Instant::now() + config.timeouts.vm_start + Duration::from_secs(30);
+                        while t.state == "waiting" {
+                            if tokio::time::Instant::now() > deadline {
+                                bail!("task {} still waiting after the VM start timeout", t.id);
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            t = api.get(&format!("/api/v1/tasks/{}", t.id)).await?;
+                        }
+                    }
+                    return show_task(&t, key_file.as_deref(), json.json);
+                }
+                TasksCmd::Show { id, key_file, json } => {
+                    let t: TaskView = api.get(&format!("/api/v1/tasks/{id}")).await?;
+                    return show_task(&t, key_file.as_deref(), json.json);
+                }
+                TasksCmd::Release { id } => {
+                    let t: TaskView = api.delete(&format!("/api/v1/tasks/{id}")).await?;
+                    println!("task {} {}; its VM is being destroyed", t.id, t.state);
+                }
+            }
+        }
+        Cmd::Tokens(TokensCmd::Hash) => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            println!("{}", vmfleet::auth::hash_token(token.trim()));
+        }
+        Cmd::Tokens(TokensCmd::Create { name, scopes }) => {
+            let config = load_config(cli.config.as_deref())?;
+            for s in scopes {
+                if vmfleet::auth::Scope::parse(s).is_none() {
+                    bail!("unknown scope {s:?}; use admin, operator or agent");
+                }
+            }
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = vmfleet::store::Store::open(&config.database_url(), 2).await?;
+            let token = vmfleet::auth::generate_token();
+            store
+                .insert_token(name, &vmfleet::auth::hash_token(&token), &scopes.join(","), vmfleet::store::now_ms())
+                .await?;
+            println!("{token}");
+        }
+        Cmd::Bench(BenchCmd::Assign(args)) => {
+            let config = load_config(cli.config.as_deref())?;
+            vmfleet::bench::assign(&config, args).await?;
+        }
+        Cmd::LocalVmAgent { .. } => unreachable!("handled before the runtime starts"),
+    }
+    Ok(ok)
+}
+
+fn print_kv(v: &serde_json::Value) {
+    if let Some(map) = v.as_object() {
+        for (k, v) in map {
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<22}{s}");
+        }
+    }
+}
+
+fn show_task(t: &TaskView, key_file: Option<&Path>, as_json: bool) -> anyhow::Result<std::process::ExitCode> {
+    if let (Some(path), Some(ssh)) = (key_file, &t.ssh) {
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(ssh.private_key.as_bytes())?;
+    }
+    if as_json {
+        print_json(t)?;
+    } else {
+        let mut v = serde_json::to_value(t)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("ssh");
+        }
+        print_kv(&v);
+        if let Some(ssh) = &t.ssh {
+            let key = key_file.map_or_else(|| "KEY".to_string(), |p| p.display().to_string());
+            println!("ssh                   ssh -i {key} -p {} {}@{}", ssh.port, ssh.user, ssh.host);
+        }
+    }
+    Ok(if t.state == "failed" { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+}

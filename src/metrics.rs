@@ -1,0 +1,126 @@
+//! Prometheus metrics: VM and task gauges read from the store at scrape time, and histograms of
+//! assignment latency and provisioning duration kept in memory by this process.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use crate::store::Counts;
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistInner {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// A histogram with the given upper bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, inner: Mutex::new(HistInner { counts: vec![0; bounds.len()], ..Default::default() }) }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, secs: f64) {
+        let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in self.bounds.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        let h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&h.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", h.count);
+    }
+}
+
+const ASSIGN_BOUNDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const PROVISION_BOUNDS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0];
+
+/// The process's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Task request to VM handed over.
+    pub assignment_latency: Histogram,
+    /// VM requested to ready.
+    pub provisioning_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            assignment_latency: Histogram::new(ASSIGN_BOUNDS),
+            provisioning_duration: Histogram::new(PROVISION_BOUNDS),
+        }
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Renders everything in the Prometheus text format.
+    pub fn render(&self, counts: &Counts, install_id: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP vmfleet_info Installation.\n# TYPE vmfleet_info gauge");
+        let _ = writeln!(out, "vmfleet_info{{install_id=\"{}\"}} 1", esc(install_id));
+        let _ = writeln!(out, "# HELP vmfleet_vms Live VMs by pool and state.\n# TYPE vmfleet_vms gauge");
+        for (pool, state, n) in &counts.vms {
+            let _ = writeln!(out, "vmfleet_vms{{pool=\"{}\",state=\"{}\"}} {n}", esc(pool), esc(state));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmfleet_tasks_waiting Tasks waiting for a VM, by pool.\n# TYPE vmfleet_tasks_waiting gauge"
+        );
+        for (pool, state, n) in &counts.tasks {
+            if state == "waiting" {
+                let _ = writeln!(out, "vmfleet_tasks_waiting{{pool=\"{}\"}} {n}", esc(pool));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmfleet_tasks_running Tasks holding a VM, by pool.\n# TYPE vmfleet_tasks_running gauge"
+        );
+        for (pool, state, n) in &counts.tasks {
+            if state == "assigned" {
+                let _ = writeln!(out, "vmfleet_tasks_running{{pool=\"{}\"}} {n}", esc(pool));
+            }
+        }
+        let _ = writeln!(out, "# HELP vmfleet_volumes DLC volumes by state.\n# TYPE vmfleet_volumes gauge");
+        for (state, n) in &counts.volumes {
+            let _ = writeln!(out, "vmfleet_volumes{{state=\"{}\"}} {n}", esc(state));
+        }
+        self.assignment_latency.render(
+            &mut out,
+            "vmfleet_assignment_latency_seconds",
+            "Time from a task's request to its VM being handed over.",
+            "",
+        );
+        self.provisioning_duration.render(
+            &mut out,
+            "vmfleet_provisioning_duration_seconds",
+            "Time from a VM's request to it being ready.",
+            "",
+        );
+        out
+    }
+}

@@ -1,0 +1,98 @@
+//! Wiring: store, provider, fleet, API and background loops.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::api::{router, AppState};
+use crate::auth::{ensure_admin_token, Authenticator};
+use crate::config::Config;
+use crate::fleet::{build_provider, tokio_util_shutdown::Shutdown, Fleet};
+use crate::store::Store;
+
+/// A running in-process fleet: its API router and the handles to stop it.
+pub struct Running {
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// API state (for building routers in tests).
+    pub state: AppState,
+    /// Stops the loops.
+    pub shutdown: Shutdown,
+}
+
+/// Opens the store, builds the provider and the fleet, makes sure there is an admin token for
+/// the embedded default, and starts the reconcile loop and the config watcher.
+///
+/// # Errors
+/// When the data directory, database or provider cannot be set up.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let store = Store::open(&url, config.database.max_connections)
+        .await
+        .with_context(|| format!("opening database {}", crate::store::redact_url(&url)))?;
+    if config.database.url.is_none() && ensure_admin_token(&store, &config.admin_token_path()).await? {
+        info!(path = %config.admin_token_path().display(), "generated the admin token");
+    }
+    let provider = build_provider(&config)?;
+    let auth = Authenticator::new(&config.auth.tokens, store.clone());
+    let fleet = Fleet::new(config, store, provider).await?;
+    let shutdown = Shutdown::default();
+    tokio::spawn(fleet.clone().run(shutdown.clone()));
+    let config_error = Arc::new(RwLock::new(None));
+    if let Some(path) = config_path {
+        tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
+    }
+    let state = AppState { fleet: fleet.clone(), auth, config_error };
+    Ok(Running { fleet, state, shutdown })
+}
+
+/// Re-validates the config file every few seconds, so `/status` reports a file that an
+/// operator broke while the service keeps running on the last good one.
+async fn watch_config(path: PathBuf, slot: Arc<RwLock<Option<String>>>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let verdict = Config::load(Some(&path), std::env::vars()).err().map(|e| format!("configuration: {e}"));
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = verdict;
+    }
+}
+
+/// Runs `vmfleet serve` until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Set-up or bind failures.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let running = start(config, config_path).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    info!(%listen, install_id = %running.fleet.install_id, provider = running.fleet.provider.kind(),
+          database = running.fleet.store.backend(), "serving");
+    let shutdown = running.shutdown.clone();
+    let app = router(running.state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "no SIGTERM handler");
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.trigger();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            shutdown.trigger();
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,897 @@
+//! The fleet store: VMs, tasks, volumes, API tokens and the audit log, on SQLite or PostgreSQL.
+//!
+//! # Design
+//! One SQL text serves both backends wherever the dialects agree (`$N` placeholders work on
+//! both); the few statements that differ say so. Every state change is a conditional `UPDATE …
+//! WHERE state IN (…)`, so two replicas (or two requests) racing for the same row cannot both
+//! win. Idle-VM assignment is a single statement: on PostgreSQL its sub-select takes the row
+//! with `FOR UPDATE SKIP LOCKED`; SQLite has one writer, and write transactions start with
+//! `BEGIN IMMEDIATE` so they never fail half-way on a lock upgrade.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub use rows::*;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that must exist does not.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The change conflicts with the row's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database URL is not one we support.
+    #[error("database url: {0}")]
+    Url(String),
+}
+
+/// Which database a store talks to.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Embedded SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the backend's pool.
+macro_rules! with_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx`, committing on success.
+macro_rules! in_tx {
+    ($db:expr, |$tx:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite(p) => {
+                let mut $tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+            Db::Postgres(p) => {
+                let mut $tx = p.begin().await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+        }
+    };
+}
+
+macro_rules! insert_task {
+    ($ex:expr, $t:expr) => {{
+        let t: &TaskRow = $t;
+        sqlx::query(
+            "INSERT INTO tasks (id, pool, executor, image, resource_class, project, dlc, state, vm_id, volume_id, \
+             failure_reason, created_at, assigned_at, released_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&t.id)
+        .bind(&t.pool)
+        .bind(&t.executor)
+        .bind(&t.image)
+        .bind(&t.resource_class)
+        .bind(&t.project)
+        .bind(t.dlc)
+        .bind(&t.state)
+        .bind(&t.vm_id)
+        .bind(&t.volume_id)
+        .bind(&t.failure_reason)
+        .bind(t.created_at)
+        .bind(t.assigned_at)
+        .bind(t.released_at)
+        .execute($ex)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+
+macro_rules! insert_vm {
+    ($ex:expr, $v:expr) => {{
+        let v: &VmRow = $v;
+        sqlx::query(
+            "INSERT INTO vms (id, pool, executor, image, resource_class, preallocated, state, task_id, instance_id, \
+             image_id, instance_type, platform, zone, host, ssh_port, ssh_user, ssh_private_key, ssh_public_key, \
+             host_key, draining, failure_reason, requested_at, state_since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $22)",
+        )
+        .bind(&v.id)
+        .bind(&v.pool)
+        .bind(&v.executor)
+        .bind(&v.image)
+        .bind(&v.resource_class)
+        .bind(v.preallocated)
+        .bind(&v.state)
+        .bind(&v.task_id)
+        .bind(&v.instance_id)
+        .bind(&v.image_id)
+        .bind(&v.instance_type)
+        .bind(&v.platform)
+        .bind(&v.zone)
+        .bind(&v.host)
+        .bind(v.ssh_port)
+        .bind(&v.ssh_user)
+        .bind(&v.ssh_private_key)
+        .bind(&v.ssh_public_key)
+        .bind(&v.host_key)
+        .bind(v.draining)
+        .bind(&v.failure_reason)
+        .bind(v.requested_at)
+        .execute($ex)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+
+macro_rules! insert_volume {
+    ($ex:expr, $v:expr) => {{
+        let v: &VolumeRow = $v;
+        sqlx::query(
+            "INSERT INTO volumes (id, project, provider_id, zone, size_gb, state, task_id, vm_id, created_at, \
+             last_used_at, state_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)",
+        )
+        .bind(&v.id)
+        .bind(&v.project)
+        .bind(&v.provider_id)
+        .bind(&v.zone)
+        .bind(v.size_gb)
+        .bind(&v.state)
+        .bind(&v.task_id)
+        .bind(&v.vm_id)
+        .bind(v.created_at)
+        .bind(v.last_used_at)
+        .execute($ex)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+
+/// After a task ends its VM is retired (VMs are never reused) and its volume detached.
+macro_rules! retire_task_resources {
+    ($tx:ident, $task_id:expr, $now:expr) => {{
+        sqlx::query(
+            "UPDATE vms SET state = 'releasing', releasing_at = $2, state_since = $2 \
+             WHERE task_id = $1 AND state IN ('requested','provisioning','booting','ready','assigned')",
+        )
+        .bind($task_id)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query(
+            "UPDATE volumes SET state = CASE WHEN provider_id IS NULL THEN 'available' ELSE 'detaching' END, \
+             task_id = CASE WHEN provider_id IS NULL THEN NULL ELSE task_id END, \
+             vm_id = CASE WHEN provider_id IS NULL THEN NULL ELSE vm_id END, state_since = $2 \
+             WHERE task_id = $1 AND state IN ('creating','attaching','attached')",
+        )
+        .bind($task_id)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const VM_LIVE: &str = "('requested','provisioning','booting','ready','assigned','releasing','terminating')";
+
+impl Store {
+    /// Connects to `url` (`sqlite:PATH` or `postgres://…`) and runs the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for an unsupported URL, [`StoreError::Db`] when unreachable,
+    /// [`StoreError::Migrate`] when the schema cannot be brought up to date.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let db = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(&format!("sqlite:{rest}"))
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            Db::Sqlite(SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(redact_url(url)))?;
+            Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::Url(format!("{}: expected sqlite:PATH or postgres://…", redact_url(url))));
+        };
+        Ok(Self { db })
+    }
+
+    /// Brings the schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Migrate`].
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+            Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The underlying pool, for leader election and benchmarks.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Cheap liveness probe.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the database does not answer.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(&self.db, |p| sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    fn lock_clause(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// The installation id, created on first use (or set to `wanted` if given and none exists).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when `wanted` differs from the stored id.
+    pub async fn install_id(&self, wanted: Option<&str>) -> Result<String, StoreError> {
+        let fresh = wanted.map_or_else(|| format!("vmf-{}", short_id()), str::to_string);
+        let sql_ins = "INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING";
+        let sql_get = "SELECT value FROM meta WHERE key = 'install_id'";
+        let id: String = with_pool!(&self.db, |p| {
+            sqlx::query(sql_ins).bind(&fresh).execute(p).await?;
+            sqlx::query_scalar(sql_get).fetch_one(p).await?
+        });
+        if let Some(w) = wanted {
+            if w != id {
+                return Err(StoreError::Conflict(format!(
+                    "config sets install_id {w} but this database belongs to installation {id}"
+                )));
+            }
+        }
+        Ok(id)
+    }
+
+    // ---- tasks and assignment ----
+
+    /// Records a task and gives it a VM in one transaction: an idle VM of its pool if there is
+    /// one (handed over at once unless the task needs a DLC volume attached first), else the
+    /// on-demand VM `on_demand`, reserved for the task.
+    ///
+    /// # Guarantees
+    /// Two concurrent calls never take the same idle VM.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn request_task(&self, task: &TaskRow, on_demand: &VmRow) -> Result<Assignment, StoreError> {
+        let now = task.created_at;
+        let claim = format!(
+            "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
+             WHERE id = (SELECT id FROM vms WHERE pool = $3 AND state = 'ready' AND NOT draining \
+             ORDER BY ready_at, id LIMIT 1{}) AND state = 'ready' RETURNING *",
+            self.lock_clause()
+        );
+        Ok(in_tx!(&self.db, |tx| {
+            insert_task!(&mut *tx, task)?;
+            let claimed: Option<VmRow> =
+                sqlx::query_as(&claim).bind(&task.id).bind(now).bind(&task.pool).fetch_optional(&mut *tx).await?;
+            match claimed {
+                Some(vm) => {
+                    let handed = !task.dlc;
+                    if handed {
+                        sqlx::query("UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1")
+                            .bind(&task.id)
+                            .bind(&vm.id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    } else {
+                        sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                            .bind(&task.id)
+                            .bind(&vm.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Assignment { vm, warm: true, handed_over: handed }
+                }
+                None => {
+                    insert_vm!(&mut *tx, on_demand)?;
+                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                        .bind(&task.id)
+                        .bind(&on_demand.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    Assignment { vm: on_demand.clone(), warm: false, handed_over: false }
+                }
+            }
+        }))
+    }
+
+    /// Hands a task its VM once the VM is up and any DLC volume is attached: the VM becomes
+    /// `assigned`, the task `assigned`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the task is no longer waiting.
+    pub async fn hand_over(&self, task_id: &str, vm_id: &str, now: i64) -> Result<(), StoreError> {
+        let changed = in_tx!(&self.db, |tx| {
+            let t = sqlx::query(
+                "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1 AND state = 'waiting'",
+            )
+            .bind(task_id)
+            .bind(vm_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if t == 1 {
+                sqlx::query(
+                    "UPDATE vms SET state = 'assigned', assigned_at = COALESCE(assigned_at, $2), state_since = $2 \
+                     WHERE id = $1 AND state IN ('booting','ready','assigned')",
+                )
+                .bind(vm_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            t
+        });
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("task {task_id} is no longer waiting")))
+        }
+    }
+
+    /// One task.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`].
+    pub async fn task(&self, id: &str) -> Result<TaskRow, StoreError> {
+        with_pool!(&self.db, |p| sqlx::query_as("SELECT * FROM tasks WHERE id = $1").bind(id).fetch_optional(p).await)?
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))
+    }
+
+    /// Tasks, newest first, optionally only those in `state`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn tasks(&self, state: Option<&str>, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at DESC, id LIMIT $2";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(state).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Releases a task: the task becomes `released`, its VM `releasing` (VMs are never reused)
+    /// and its volume `detaching`. Releasing twice is harmless.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`].
+    pub async fn release_task(&self, id: &str, now: i64) -> Result<TaskRow, StoreError> {
+        in_tx!(&self.db, |tx| {
+            sqlx::query(
+                "UPDATE tasks SET state = 'released', released_at = $2 WHERE id = $1 AND state IN ('waiting','assigned')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            retire_task_resources!(tx, id, now);
+        });
+        self.task(id).await
+    }
+
+    /// Fails a task with a reason and retires its VM and volume.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn fail_task(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+        in_tx!(&self.db, |tx| {
+            sqlx::query(
+                "UPDATE tasks SET state = 'failed', failure_reason = $2, released_at = $3 \
+                 WHERE id = $1 AND state IN ('waiting','assigned')",
+            )
+            .bind(id)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            retire_task_resources!(tx, id, now);
+        });
+        Ok(())
+    }
+
+    // ---- VMs ----
+
+    /// Records a new VM (intent before effect: before the provider hears of it).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
+        with_pool!(&self.db, |p| insert_vm!(p, vm))?;
+        Ok(())
+    }
+
+    /// One VM.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`].
+    pub async fn vm(&self, id: &str) -> Result<VmRow, StoreError> {
+        with_pool!(&self.db, |p| sqlx::query_as("SELECT * FROM vms WHERE id = $1").bind(id).fetch_optional(p).await)?
+            .ok_or_else(|| StoreError::NotFound(format!("vm {id}")))
+    }
+
+    /// VMs in any of `states` (all when empty), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn vms(&self, states: &[VmState]) -> Result<Vec<VmRow>, StoreError> {
+        let sql = if states.is_empty() {
+            "SELECT * FROM vms ORDER BY requested_at, id".to_string()
+        } else {
+            format!("SELECT * FROM vms WHERE state IN ({}) ORDER BY requested_at, id", state_list(states))
+        };
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+    }
+
+    /// Live VMs (not terminated or failed).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn live_vms(&self) -> Result<Vec<VmRow>, StoreError> {
+        let sql = format!("SELECT * FROM vms WHERE state IN {VM_LIVE} ORDER BY requested_at, id");
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+    }
+
+    /// Moves a VM from one of `from` to `to`, stamping the state's time column. Returns whether
+    /// it moved (false: someone else moved it first).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn transition(&self, id: &str, from: &[VmState], to: VmState, now: i64) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE vms SET state = $2, {col} = $3, state_since = $3 WHERE id = $1 AND state IN ({from})",
+            col = to.time_column(),
+            from = state_list(from)
+        );
+        let n = with_pool!(&self.db, |p| sqlx::query(&sql)
+            .bind(id)
+            .bind(to.as_str())
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Records what the provider said at launch.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_launched(&self, id: &str, instance_id: &str, zone: &str, now: i64) -> Result<bool, StoreError> {
+        let sql = "UPDATE vms SET state = 'provisioning', instance_id = $2, zone = $3, provisioning_at = $4, \
+                   state_since = $4 WHERE id = $1 AND state = 'requested'";
+        let n = with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(instance_id)
+            .bind(zone)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Records the address once the instance runs.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_booting(
+        &self,
+        id: &str,
+        host: &str,
+        port: u16,
+        host_key: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE vms SET state = 'booting', host = $2, ssh_port = $3, host_key = $4, booting_at = $5, \
+                   state_since = $5 WHERE id = $1 AND state IN ('requested','provisioning')";
+        let n = with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(host)
+            .bind(i64::from(port))
+            .bind(host_key)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Fails a VM (and the task it was reserved for or running).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn fail_vm(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+        let vm = self.vm(id).await?;
+        let sql = format!(
+            "UPDATE vms SET state = 'failed', failure_reason = $2, failed_at = $3, state_since = $3 \
+             WHERE id = $1 AND state IN {VM_LIVE}"
+        );
+        with_pool!(&self.db, |p| sqlx::query(&sql)
+            .bind(id)
+            .bind(reason)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        if let Some(task) = vm.task_id {
+            self.fail_task(&task, reason, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks a VM for no new work.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`].
+    pub async fn drain_vm(&self, id: &str) -> Result<VmRow, StoreError> {
+        with_pool!(&self.db, |p| sqlx::query("UPDATE vms SET draining = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        self.vm(id).await
+    }
+
+    /// Counts of live VMs by pool and state, and tasks by state.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        let vms: Vec<(String, String, i64)> = with_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT pool, state, COUNT(*) FROM vms WHERE state NOT IN ('terminated','failed') GROUP BY pool, state"
+        )
+        .fetch_all(p)
+        .await)?;
+        let tasks: Vec<(String, String, i64)> = with_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT pool, state, COUNT(*) FROM tasks WHERE state IN ('waiting','assigned') GROUP BY pool, state"
+        )
+        .fetch_all(p)
+        .await)?;
+        let volumes: Vec<(String, i64)> = with_pool!(&self.db, |p| sqlx::query_as(
+            "SELECT state, COUNT(*) FROM volumes WHERE state <> 'deleted' GROUP BY state"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(Counts { vms, tasks, volumes })
+    }
+
+    // ---- volumes ----
+
+    /// Gives a DLC task a volume of its own project in `zone`: an available one (most recently
+    /// used first), else `fresh`, which is recorded.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn claim_volume(&self, task: &TaskRow, zone: &str, fresh: &VolumeRow) -> Result<VolumeRow, StoreError> {
+        let vm_id = task.vm_id.clone().unwrap_or_default();
+        let claim = format!(
+            "UPDATE volumes SET state = 'attaching', task_id = $1, vm_id = $2, state_since = $3 \
+             WHERE id = (SELECT id FROM volumes WHERE project = $4 AND zone = $5 AND state = 'available' \
+             ORDER BY last_used_at DESC, id LIMIT 1{}) AND state = 'available' RETURNING *",
+            self.lock_clause()
+        );
+        let now = fresh.created_at;
+        Ok(in_tx!(&self.db, |tx| {
+            let existing: Option<VolumeRow> = sqlx::query_as(
+                "SELECT * FROM volumes WHERE task_id = $1 AND state IN ('creating','attaching','attached')",
+            )
+            .bind(&task.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let vol = match existing {
+                Some(v) => v,
+                None => {
+                    let claimed: Option<VolumeRow> = sqlx::query_as(&claim)
+                        .bind(&task.id)
+                        .bind(&vm_id)
+                        .bind(now)
+                        .bind(&task.project)
+                        .bind(zone)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match claimed {
+                        Some(v) => v,
+                        None => {
+                            insert_volume!(&mut *tx, fresh)?;
+                            fresh.clone()
+                        }
+                    }
+                }
+            };
+            sqlx::query("UPDATE tasks SET volume_id = $2 WHERE id = $1")
+                .bind(&task.id)
+                .bind(&vol.id)
+                .execute(&mut *tx)
+                .await?;
+            vol
+        }))
+    }
+
+    /// Records that a volume is attached to a VM for a task.
+    ///
+    /// # Guarantees
+    /// A volume is only ever attached to a VM whose task belongs to the volume's project: the
+    /// update refuses otherwise.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the projects differ or the volume is not being attached.
+    pub async fn set_volume_attached(
+        &self,
+        volume_id: &str,
+        task_id: &str,
+        vm_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql =
+            "UPDATE volumes SET state = 'attached', task_id = $2, vm_id = $3, last_used_at = $4, state_since = $4 \
+                   WHERE id = $1 AND state IN ('creating','attaching','available') \
+                   AND (task_id IS NULL OR task_id = $2) \
+                   AND project = (SELECT project FROM tasks WHERE id = $2) \
+                   AND EXISTS (SELECT 1 FROM vms WHERE id = $3 AND task_id = $2)";
+        let n = with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(volume_id)
+            .bind(task_id)
+            .bind(vm_id)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "volume {volume_id} cannot be attached for task {task_id}: it belongs to another project, or is in use"
+            )))
+        }
+    }
+
+    /// Records a volume's provider id after creation.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_volume_provider_id(&self, volume_id: &str, provider_id: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE volumes SET provider_id = $2, state = CASE WHEN state = 'creating' THEN 'attaching' ELSE state END, \
+                   state_since = $3 WHERE id = $1";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(volume_id)
+            .bind(provider_id)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A detached volume becomes available to its project again.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_volume_detached(&self, volume_id: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE volumes SET state = 'available', task_id = NULL, vm_id = NULL, last_used_at = $2, \
+                   state_since = $2 WHERE id = $1 AND state = 'detaching'";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(volume_id)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Volumes, optionally in one state.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn volumes(&self, state: Option<&str>) -> Result<Vec<VolumeRow>, StoreError> {
+        let sql =
+            "SELECT * FROM volumes WHERE ($1 IS NULL AND state <> 'deleted') OR state = $1 ORDER BY created_at, id";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(state).fetch_all(p).await)?)
+    }
+
+    /// One volume.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`].
+    pub async fn volume(&self, id: &str) -> Result<VolumeRow, StoreError> {
+        with_pool!(&self.db, |p| sqlx::query_as("SELECT * FROM volumes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(p)
+            .await)?
+        .ok_or_else(|| StoreError::NotFound(format!("volume {id}")))
+    }
+
+    /// Marks a volume for deletion.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] while it is attached or in use.
+    pub async fn request_volume_delete(&self, id: &str, now: i64) -> Result<VolumeRow, StoreError> {
+        let vol = self.volume(id).await?;
+        let sql = "UPDATE volumes SET state = 'deleting', state_since = $2 WHERE id = $1 AND state = 'available' AND task_id IS NULL";
+        let n =
+            with_pool!(&self.db, |p| sqlx::query(sql).bind(id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        if n == 1 || vol.state == "deleting" || vol.state == "deleted" {
+            self.volume(id).await
+        } else {
+            Err(StoreError::Conflict(format!("volume {id} is {} and cannot be deleted now", vol.state)))
+        }
+    }
+
+    /// Sets a volume's state unconditionally (worker bookkeeping).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_volume_state(&self, id: &str, state: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE volumes SET state = $2, state_since = $3 WHERE id = $1";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(state)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    // ---- tokens and audit ----
+
+    /// Stores an API token's hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the name is taken.
+    pub async fn insert_token(&self, name: &str, hash: &str, scopes: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO api_tokens (id, name, token_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(short_id())
+            .bind(name)
+            .bind(hash)
+            .bind(scopes)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("a token named {name} exists"))
+            }
+            e => StoreError::Db(e),
+        })?;
+        Ok(())
+    }
+
+    /// Looks a token up by its hash: `(name, scopes)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
+        let sql = "SELECT name, scopes FROM api_tokens WHERE token_hash = $1";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(hash).fetch_optional(p).await)?)
+    }
+
+    /// Whether a token of that name exists.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn token_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT COUNT(*) FROM api_tokens WHERE name = $1";
+        let n: i64 = with_pool!(&self.db, |p| sqlx::query_scalar(sql).bind(name).fetch_one(p).await)?;
+        Ok(n > 0)
+    }
+
+    /// Appends an audit event.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let sql = "INSERT INTO audit_events (id, version, action, actor, target, payload, occurred_at, scope, success, request) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(&e.id)
+            .bind(e.version)
+            .bind(&e.action)
+            .bind(&e.actor)
+            .bind(&e.target)
+            .bind(&e.payload)
+            .bind(e.occurred_at)
+            .bind(&e.scope)
+            .bind(e.success)
+            .bind(&e.request)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Audit events, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let sql = "SELECT * FROM audit_events ORDER BY occurred_at DESC, id LIMIT $1";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await)?)
+    }
+}
+
+fn state_list(states: &[VmState]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",")
+}
+
+/// A short random id (12 hex digits from a v4 UUID).
+pub fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A URL with any password replaced, for error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,204 @@
+//! Rows as stored. API responses are separate types (`crate::api::views`).
+
+use serde::Serialize;
+
+/// Lifecycle of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Recorded; the provider has not been asked yet.
+    Requested,
+    /// The provider accepted the launch.
+    Provisioning,
+    /// The instance runs; waiting for SSH.
+    Booting,
+    /// Idle and reachable.
+    Ready,
+    /// Handed to a task.
+    Assigned,
+    /// The task is done; detaching volumes.
+    Releasing,
+    /// The provider is terminating it.
+    Terminating,
+    /// Gone.
+    Terminated,
+    /// Failed; see `failure_reason`.
+    Failed,
+}
+
+impl VmState {
+    /// All states, in lifecycle order.
+    pub const ALL: [VmState; 9] = [
+        VmState::Requested,
+        VmState::Provisioning,
+        VmState::Booting,
+        VmState::Ready,
+        VmState::Assigned,
+        VmState::Releasing,
+        VmState::Terminating,
+        VmState::Terminated,
+        VmState::Failed,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Requested => "requested",
+            VmState::Provisioning => "provisioning",
+            VmState::Booting => "booting",
+            VmState::Ready => "ready",
+            VmState::Assigned => "assigned",
+            VmState::Releasing => "releasing",
+            VmState::Terminating => "terminating",
+            VmState::Terminated => "terminated",
+            VmState::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The column stamped when a VM enters this state.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            VmState::Requested => "requested_at",
+            VmState::Provisioning => "provisioning_at",
+            VmState::Booting => "booting_at",
+            VmState::Ready => "ready_at",
+            VmState::Assigned => "assigned_at",
+            VmState::Releasing => "releasing_at",
+            VmState::Terminating => "terminating_at",
+            VmState::Terminated => "terminated_at",
+            VmState::Failed => "failed_at",
+        }
+    }
+}
+
+/// A VM row. `ssh_private_key` is secret: never log a `VmRow`.
+#[derive(Clone, sqlx::FromRow)]
+pub struct VmRow {
+    pub id: String,
+    pub pool: String,
+    pub executor: String,
+    pub image: String,
+    pub resource_class: String,
+    pub preallocated: bool,
+    pub state: String,
+    pub task_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub image_id: String,
+    pub instance_type: String,
+    pub platform: String,
+    pub zone: Option<String>,
+    pub host: Option<String>,
+    pub ssh_port: Option<i64>,
+    pub ssh_user: String,
+    pub ssh_private_key: String,
+    pub ssh_public_key: String,
+    pub host_key: Option<String>,
+    pub draining: bool,
+    pub failure_reason: Option<String>,
+    pub requested_at: i64,
+    pub provisioning_at: Option<i64>,
+    pub booting_at: Option<i64>,
+    pub ready_at: Option<i64>,
+    pub assigned_at: Option<i64>,
+    pub releasing_at: Option<i64>,
+    pub terminating_at: Option<i64>,
+    pub terminated_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub state_since: i64,
+}
+
+impl std::fmt::Debug for VmRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmRow")
+            .field("id", &self.id)
+            .field("pool", &self.pool)
+            .field("state", &self.state)
+            .field("task_id", &self.task_id)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmRow {
+    /// The parsed state.
+    pub fn vm_state(&self) -> Option<VmState> {
+        VmState::parse(&self.state)
+    }
+}
+
+/// A task row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub id: String,
+    pub pool: String,
+    pub executor: String,
+    pub image: String,
+    pub resource_class: String,
+    pub project: String,
+    pub dlc: bool,
+    pub state: String,
+    pub vm_id: Option<String>,
+    pub volume_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: i64,
+    pub assigned_at: Option<i64>,
+    pub released_at: Option<i64>,
+}
+
+/// A DLC volume row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VolumeRow {
+    pub id: String,
+    pub project: String,
+    pub provider_id: Option<String>,
+    pub zone: String,
+    pub size_gb: i64,
+    pub state: String,
+    pub task_id: Option<String>,
+    pub vm_id: Option<String>,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub state_since: i64,
+}
+
+/// An audit event, in the operations guide's event schema.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: String,
+    pub version: i64,
+    pub action: String,
+    pub actor: String,
+    pub target: String,
+    pub payload: String,
+    pub occurred_at: i64,
+    pub scope: String,
+    pub success: bool,
+    pub request: Option<String>,
+}
+
+/// What [`super::Store::request_task`] did.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The VM the task got or will get.
+    pub vm: VmRow,
+    /// Whether it came from the warm pool.
+    pub warm: bool,
+    /// Whether the task was handed its VM at once.
+    pub handed_over: bool,
+}
+
+/// Counts for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// (pool, state, count) of live VMs.
+    pub vms: Vec<(String, String, i64)>,
+    /// (pool, state, count) of waiting and assigned tasks.
+    pub tasks: Vec<(String, String, i64)>,
+    /// (state, count) of volumes.
+    pub volumes: Vec<(String, i64)>,
+}

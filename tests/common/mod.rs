@@ -1,0 +1,107 @@
+//! Shared test helpers: databases on both backends and a fleet configuration.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use vmfleet::config::Config;
+use vmfleet::store::{now_ms, short_id, Store, VmRow};
+
+/// The PostgreSQL server for tests. The test command starts one and sets the variable; without
+/// it, PostgreSQL tests fail unless `VMFLEET_TEST_SKIP_PG=1` says to skip them.
+pub fn pg_admin_url() -> Option<String> {
+    match std::env::var("VMFLEET_TEST_PG_URL") {
+        Ok(u) => Some(u),
+        Err(_) if std::env::var("VMFLEET_TEST_SKIP_PG").as_deref() == Ok("1") => {
+            eprintln!("skipping a PostgreSQL test: VMFLEET_TEST_SKIP_PG=1");
+            None
+        }
+        Err(_) => panic!("VMFLEET_TEST_PG_URL is not set: run ./scripts/test.sh, or set VMFLEET_TEST_SKIP_PG=1"),
+    }
+}
+
+/// A fresh, empty PostgreSQL database.
+pub async fn fresh_pg_url() -> Option<String> {
+    let admin = pg_admin_url()?;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&admin).expect("VMFLEET_TEST_PG_URL");
+    let mut conn = opts.connect().await.expect("connect to the test PostgreSQL");
+    let name = format!("vmfleet_test_{}", short_id());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    Some(opts.database(&name).to_url_lossy().to_string())
+}
+
+pub async fn sqlite_store(dir: &Path) -> Store {
+    Store::open(&format!("sqlite:{}", dir.join("t.db").display()), 8).await.expect("sqlite store")
+}
+
+pub async fn pg_store() -> Option<Store> {
+    let url = fresh_pg_url().await?;
+    Some(Store::open(&url, 16).await.expect("postgres store"))
+}
+
+/// A configuration for an in-process fleet on the local provider in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::parse("", "test", Vec::<(String, String)>::new()).expect("defaults");
+    c.data_dir = dir.to_path_buf();
+    c.provider.local.agent_program = Some(env!("CARGO_BIN_EXE_vmfleet").into());
+    c.reconcile_interval = Duration::from_millis(100);
+    c.timeouts.ssh_connect = Duration::from_secs(30);
+    c.timeouts.vm_start = Duration::from_secs(60);
+    c
+}
+
+/// A VM row in `state` for `pool`.
+pub fn vm_row(pool: &str, state: &str, task: Option<&str>) -> VmRow {
+    let now = now_ms();
+    VmRow {
+        id: format!("vm-{}", short_id()),
+        pool: pool.into(),
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        preallocated: task.is_none(),
+        state: state.into(),
+        task_id: task.map(Into::into),
+        instance_id: Some(format!("i-{}", short_id())),
+        image_id: "img".into(),
+        instance_type: "m5.large".into(),
+        platform: "linux".into(),
+        zone: Some("z1".into()),
+        host: Some("127.0.0.1".into()),
+        ssh_port: Some(22),
+        ssh_user: "circleci".into(),
+        ssh_private_key: "secret".into(),
+        ssh_public_key: "pub".into(),
+        host_key: None,
+        draining: false,
+        failure_reason: None,
+        requested_at: now,
+        provisioning_at: None,
+        booting_at: None,
+        ready_at: Some(now),
+        assigned_at: None,
+        releasing_at: None,
+        terminating_at: None,
+        terminated_at: None,
+        failed_at: None,
+        state_since: now,
+    }
+}
+
+/// Polls `f` until it returns `Some`, for up to `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached within {secs} s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,241 @@
+//! One store suite, run against SQLite and PostgreSQL.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{pg_store, sqlite_store, vm_row};
+use vmfleet::store::{now_ms, short_id, Store, StoreError, TaskRow, VmState, VolumeRow};
+
+const POOL: &str = "machine/default/medium";
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                super::$name(super::sqlite_store(dir.path()).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if let Some(store) = super::pg_store().await {
+                    super::$name(store).await;
+                }
+            }
+        }
+    )*};
+}
+
+both!(
+    install_id_is_stable,
+    warm_vm_is_handed_over_else_on_demand,
+    concurrent_requests_never_share_a_vm,
+    release_retires_vm_and_volume,
+    dlc_volume_never_crosses_projects,
+    volume_delete_refused_while_attached,
+    transitions_are_conditional,
+    tokens_are_found_by_hash,
+);
+
+fn task(project: &str, dlc: bool) -> TaskRow {
+    TaskRow {
+        id: format!("task-{}", short_id()),
+        pool: POOL.into(),
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        project: project.into(),
+        dlc,
+        state: "waiting".into(),
+        vm_id: None,
+        volume_id: None,
+        failure_reason: None,
+        created_at: now_ms(),
+        assigned_at: None,
+        released_at: None,
+    }
+}
+
+fn volume(project: &str, t: &TaskRow) -> VolumeRow {
+    let now = now_ms();
+    VolumeRow {
+        id: format!("vol-{}", short_id()),
+        project: project.into(),
+        provider_id: None,
+        zone: "z1".into(),
+        size_gb: 100,
+        state: "creating".into(),
+        task_id: Some(t.id.clone()),
+        vm_id: t.vm_id.clone(),
+        created_at: now,
+        last_used_at: now,
+        state_since: now,
+    }
+}
+
+async fn install_id_is_stable(s: Store) {
+    let a = s.install_id(None).await.expect("id");
+    assert_eq!(s.install_id(None).await.expect("id"), a);
+    assert_eq!(s.install_id(Some(&a)).await.expect("same id"), a);
+    assert!(matches!(s.install_id(Some("other")).await, Err(StoreError::Conflict(_))));
+}
+
+async fn warm_vm_is_handed_over_else_on_demand(s: Store) {
+    let warm = vm_row(POOL, "ready", None);
+    s.insert_vm(&warm).await.expect("insert");
+    let t1 = task("p", false);
+    let a = s.request_task(&t1, &vm_row(POOL, "requested", Some(&t1.id))).await.expect("request");
+    assert!(a.warm && a.handed_over);
+    assert_eq!(a.vm.id, warm.id);
+    let t1 = s.task(&t1.id).await.expect("task");
+    assert_eq!((t1.state.as_str(), t1.vm_id.as_deref()), ("assigned", Some(warm.id.as_str())));
+    assert_eq!(s.vm(&warm.id).await.expect("vm").state, "assigned");
+
+    let t2 = task("p", false);
+    let od = vm_row(POOL, "requested", Some(&t2.id));
+    let a = s.request_task(&t2, &od).await.expect("request");
+    assert!(!a.warm && !a.handed_over);
+    assert_eq!(s.vm(&od.id).await.expect("vm").task_id.as_deref(), Some(t2.id.as_str()));
+    assert_eq!(s.task(&t2.id).await.expect("task").state, "waiting");
+    // A draining VM is not handed out.
+    let drained = vm_row(POOL, "ready", None);
+    s.insert_vm(&drained).await.expect("insert");
+    s.drain_vm(&drained.id).await.expect("drain");
+    let t3 = task("p", false);
+    let a = s.request_task(&t3, &vm_row(POOL, "requested", Some(&t3.id))).await.expect("request");
+    assert!(!a.warm);
+}
+
+async fn concurrent_requests_never_share_a_vm(s: Store) {
+    for _ in 0..10 {
+        s.insert_vm(&vm_row(POOL, "ready", None)).await.expect("insert");
+    }
+    let mut handles = Vec::new();
+    for _ in 0..30 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let t = task("p", false);
+            s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id))).await.expect("request")
+        }));
+    }
+    let mut warm = HashSet::new();
+    let mut on_demand = 0;
+    for h in handles {
+        let a = h.await.expect("join");
+        if a.warm {
+            assert!(warm.insert(a.vm.id.clone()), "vm {} handed out twice", a.vm.id);
+        } else {
+            on_demand += 1;
+        }
+    }
+    assert_eq!((warm.len(), on_demand), (10, 20));
+}
+
+async fn release_retires_vm_and_volume(s: Store) {
+    s.insert_vm(&vm_row(POOL, "ready", None)).await.expect("insert");
+    let mut t = task("p", true);
+    let a = s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id))).await.expect("request");
+    assert!(a.warm && !a.handed_over, "a DLC task waits for its volume");
+    t.vm_id = Some(a.vm.id.clone());
+    let vol = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
+    s.set_volume_provider_id(&vol.id, "pv-1", now_ms()).await.expect("provider id");
+    s.set_volume_attached(&vol.id, &t.id, &a.vm.id, now_ms()).await.expect("attach");
+    s.hand_over(&t.id, &a.vm.id, now_ms()).await.expect("hand over");
+    assert_eq!(s.task(&t.id).await.expect("task").state, "assigned");
+
+    let released = s.release_task(&t.id, now_ms()).await.expect("release");
+    assert_eq!(released.state, "released");
+    assert_eq!(s.vm(&a.vm.id).await.expect("vm").state, "releasing", "VMs are never reused");
+    assert_eq!(s.volume(&vol.id).await.expect("vol").state, "detaching");
+    s.set_volume_detached(&vol.id, now_ms()).await.expect("detached");
+    let v = s.volume(&vol.id).await.expect("vol");
+    assert_eq!((v.state.as_str(), v.task_id.as_deref()), ("available", None));
+    // Releasing again is harmless.
+    assert_eq!(s.release_task(&t.id, now_ms()).await.expect("again").state, "released");
+    assert!(matches!(s.release_task("task-nope", now_ms()).await, Err(StoreError::NotFound(_))));
+}
+
+async fn dlc_volume_never_crosses_projects(s: Store) {
+    // Project a gets a volume, uses it, releases it.
+    let mut ta = task("a", true);
+    let vm_a = vm_row(POOL, "requested", Some(&ta.id));
+    s.request_task(&ta, &vm_a).await.expect("request a");
+    ta.vm_id = Some(vm_a.id.clone());
+    let vol_a = s.claim_volume(&ta, "z1", &volume("a", &ta)).await.expect("claim a");
+    s.set_volume_provider_id(&vol_a.id, "pv-a", now_ms()).await.expect("pid");
+    s.set_volume_attached(&vol_a.id, &ta.id, &vm_a.id, now_ms()).await.expect("attach a");
+    s.release_task(&ta.id, now_ms()).await.expect("release a");
+    s.set_volume_detached(&vol_a.id, now_ms()).await.expect("detach a");
+
+    // Project b never gets it, even by asking for it directly.
+    let mut tb = task("b", true);
+    let vm_b = vm_row(POOL, "requested", Some(&tb.id));
+    s.request_task(&tb, &vm_b).await.expect("request b");
+    tb.vm_id = Some(vm_b.id.clone());
+    let err = s.set_volume_attached(&vol_a.id, &tb.id, &vm_b.id, now_ms()).await;
+    assert!(matches!(err, Err(StoreError::Conflict(_))), "cross-project attach must be refused");
+    let vol_b = s.claim_volume(&tb, "z1", &volume("b", &tb)).await.expect("claim b");
+    assert_ne!(vol_b.id, vol_a.id);
+    assert_eq!(vol_b.project, "b");
+
+    // Another zone does not reuse it either.
+    let mut ta_far = task("a", true);
+    let vm_far = vm_row(POOL, "requested", Some(&ta_far.id));
+    s.request_task(&ta_far, &vm_far).await.expect("request far");
+    ta_far.vm_id = Some(vm_far.id.clone());
+    let far =
+        s.claim_volume(&ta_far, "z2", &VolumeRow { zone: "z2".into(), ..volume("a", &ta_far) }).await.expect("far");
+    assert_ne!(far.id, vol_a.id);
+
+    // Project a, same zone, reuses it.
+    let mut ta2 = task("a", true);
+    let vm_a2 = vm_row(POOL, "requested", Some(&ta2.id));
+    s.request_task(&ta2, &vm_a2).await.expect("request a2");
+    ta2.vm_id = Some(vm_a2.id.clone());
+    let again = s.claim_volume(&ta2, "z1", &volume("a", &ta2)).await.expect("claim a2");
+    assert_eq!(again.id, vol_a.id);
+    // One task per volume: while a2 holds it, a third task of project a gets another.
+    let mut ta3 = task("a", true);
+    let vm_a3 = vm_row(POOL, "requested", Some(&ta3.id));
+    s.request_task(&ta3, &vm_a3).await.expect("request a3");
+    ta3.vm_id = Some(vm_a3.id.clone());
+    let other = s.claim_volume(&ta3, "z1", &volume("a", &ta3)).await.expect("claim a3");
+    assert_ne!(other.id, vol_a.id);
+}
+
+async fn volume_delete_refused_while_attached(s: Store) {
+    let mut t = task("p", true);
+    let vm = vm_row(POOL, "requested", Some(&t.id));
+    s.request_task(&t, &vm).await.expect("request");
+    t.vm_id = Some(vm.id.clone());
+    let v = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
+    s.set_volume_provider_id(&v.id, "pv", now_ms()).await.expect("pid");
+    s.set_volume_attached(&v.id, &t.id, &vm.id, now_ms()).await.expect("attach");
+    assert!(matches!(s.request_volume_delete(&v.id, now_ms()).await, Err(StoreError::Conflict(_))));
+    s.release_task(&t.id, now_ms()).await.expect("release");
+    s.set_volume_detached(&v.id, now_ms()).await.expect("detach");
+    assert_eq!(s.request_volume_delete(&v.id, now_ms()).await.expect("delete").state, "deleting");
+    assert!(matches!(s.request_volume_delete("vol-nope", now_ms()).await, Err(StoreError::NotFound(_))));
+}
+
+async fn transitions_are_conditional(s: Store) {
+    let vm = vm_row(POOL, "ready", None);
+    s.insert_vm(&vm).await.expect("insert");
+    assert!(s.transition(&vm.id, &[VmState::Ready], VmState::Releasing, now_ms()).await.expect("t"));
+    assert!(!s.transition(&vm.id, &[VmState::Ready], VmState::Releasing, now_ms()).await.expect("t"));
+    let v = s.vm(&vm.id).await.expect("vm");
+    assert_eq!(v.state, "releasing");
+    assert!(v.releasing_at.is_some());
+    s.fail_vm(&vm.id, "boom", now_ms()).await.expect("fail");
+    let v = s.vm(&vm.id).await.expect("vm");
+    assert_eq!((v.state.as_str(), v.failure_reason.as_deref()), ("failed", Some("boom")));
+}
+
+async fn tokens_are_found_by_hash(s: Store) {
+    s.insert_token("ci", "abc", "agent", now_ms()).await.expect("insert");
+    assert_eq!(s.token_by_hash("abc").await.expect("get"), Some(("ci".into(), "agent".into())));
+    assert_eq!(s.token_by_hash("zzz").await.expect("get"), None);
+    assert!(matches!(s.insert_token("ci", "def", "agent", now_ms()).await, Err(StoreError::Conflict(_))));
+    assert!(s.token_exists("ci").await.expect("exists"));
+}
