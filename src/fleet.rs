@@ -786,7 +786,7 @@ fn validate_project(p: &str) -> Result<(), FleetError> {
 async fn try_lead(pool: &sqlx::PgPool) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
     // A session-level advisory lock held on a dedicated connection: it is released when the
     // connection (or the process) dies, and another replica takes over.
-    const KEY: i64 = 0x766d_666c_6565_74;
+    const KEY: i64 = 0x0076_6d66_6c65_6574;
     let mut conn = pool.acquire().await.ok()?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(KEY).fetch_one(&mut *conn).await.ok()?;
     got.then_some(conn)

@@ -1,4 +1,5 @@
 //! One store suite, run against SQLite and PostgreSQL.
+#![expect(clippy::tests_outside_test_module, reason = "integration tests live in tests/, not in a cfg(test) module")]
 
 mod common;
 

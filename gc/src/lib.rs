@@ -219,7 +219,8 @@ mod tests {
     #[test]
     fn table() {
         let now = 10_000_000;
-        let cases: Vec<(&str, Vec<VmRecord>, Vec<CloudInstance>, Vec<&str>)> = vec![
+        type Case = (&'static str, Vec<VmRecord>, Vec<CloudInstance>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
             (
                 "fresh start left alone",
                 vec![vm("a", Phase::Starting, Some("i-a"), now - 1000)],

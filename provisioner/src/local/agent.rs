@@ -240,7 +240,6 @@ impl server::Handler for Conn {
         session.channel_success(channel)
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the trait's signature")]
     async fn pty_request(
         &mut self,
         channel: ChannelId,

@@ -1,0 +1,191 @@
+//! End to end: the real `vmfleet serve`, the CLI, and OpenSSH's `ssh` client.
+#![expect(clippy::tests_outside_test_module, reason = "integration tests live in tests/, not in a cfg(test) module")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmfleet");
+
+struct Server {
+    child: Child,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Terminate any VM agents left behind.
+        let _ =
+            Command::new("pkill").arg("-f").arg(format!("local-vm-agent --dir {}", self.dir.path().display())).status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn serve() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("vmfleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nlisten: 127.0.0.1:{port}\nreconcile_interval: 200ms\ntimeouts:\n  ssh_connect: 30s\n  vm_start: 60s\n",
+            dir.path().display()
+        ),
+    )
+    .expect("config");
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log"))
+        .spawn()
+        .expect("serve");
+    let s = Server { child, config, dir };
+    for _ in 0..100 {
+        if s.cli(&["status"]).status.success() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not come up: {}", std::fs::read_to_string(s.dir.path().join("serve.log")).unwrap_or_default());
+}
+
+impl Server {
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("VMFLEET_TOKEN")
+            .env_remove("VMFLEET_SERVER")
+            .output()
+            .expect("cli")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "vmfleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(args)).expect("json")
+    }
+
+    /// Requests a task, waits for its VM, writes its key; returns (task, port, key path).
+    fn request(&self, project: &str, dlc: bool) -> (serde_json::Value, u16, std::path::PathBuf) {
+        let key = self.dir.path().join(format!("key-{}", common_id()));
+        let mut args = vec!["tasks", "request", "--project", project, "--wait", "--json", "--key-file"];
+        let key_s = key.display().to_string();
+        args.push(&key_s);
+        if dlc {
+            args.push("--dlc");
+        }
+        let t = self.json(&args);
+        assert_eq!(t["state"], "assigned", "{t}");
+        let port = t["ssh"]["port"].as_u64().expect("port") as u16;
+        (t, port, key)
+    }
+}
+
+fn common_id() -> String {
+    vmfleet::store::short_id()
+}
+
+fn openssh(key: &Path, port: u16, command: &str) -> Output {
+    Command::new("ssh")
+        .args(["-i", &key.display().to_string(), "-p", &port.to_string()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+        .arg("circleci@127.0.0.1")
+        .arg(command)
+        .output()
+        .expect("OpenSSH ssh client")
+}
+
+#[test]
+fn cli_request_openssh_login_release() {
+    let s = serve();
+    let (t, port, key) = s.request("gh/acme/app", false);
+    let out = openssh(&key, port, "echo hi");
+    assert!(out.status.success(), "ssh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let out = openssh(&key, port, "exit 5");
+    assert_eq!(out.status.code(), Some(5), "exit status comes back through ssh");
+
+    // A key that is not the VM's is refused.
+    let other = s.dir.path().join("other");
+    let gen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("ssh-keygen");
+    assert!(gen.success());
+    assert!(!openssh(&other, port, "true").status.success(), "a foreign key must be refused");
+
+    let status = s.cli_ok(&["status"]);
+    assert!(status.contains("1 running"), "{status}");
+    let id = t["id"].as_str().expect("id");
+    s.cli_ok(&["tasks", "release", id]);
+    let vm = t["vm_id"].as_str().expect("vm");
+    for _ in 0..100 {
+        if s.json(&["vms", "show", vm, "--json"])["state"] == "terminated" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.json(&["vms", "show", vm, "--json"])["state"], "terminated");
+    assert!(!openssh(&key, port, "true").status.success(), "the VM is destroyed after release");
+    assert!(!s.dir.path().join("local/instances").join(format!("local-{vm}")).exists());
+}
+
+#[test]
+fn dlc_volume_persists_within_a_project_only() {
+    let s = serve();
+    let run = |project: &str, cmd: &str| {
+        let (t, port, key) = s.request(project, true);
+        let out = openssh(&key, port, cmd);
+        s.cli_ok(&["tasks", "release", t["id"].as_str().expect("id")]);
+        // Wait until the volume is free again.
+        for _ in 0..100 {
+            let vols = s.json(&["volumes", "list", "--json"]);
+            if vols.as_array().expect("list").iter().all(|v| v["state"] == "available") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (t, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let (t1, _) = run("proj-a", "echo layer > \"$VMFLEET_DLC_DIR/cache\"");
+    let (t2, seen) = run("proj-a", "cat \"$VMFLEET_DLC_DIR/cache\" 2>/dev/null || echo absent");
+    assert_eq!(seen, "layer", "same project sees its cache");
+    assert_eq!(t1["volume_id"], t2["volume_id"]);
+    let (t3, seen) = run("proj-b", "cat \"$VMFLEET_DLC_DIR/cache\" 2>/dev/null || echo absent");
+    assert_eq!(seen, "absent", "another project never sees it");
+    assert_ne!(t3["volume_id"], t1["volume_id"]);
+    let vols = s.json(&["volumes", "list", "--json"]);
+    assert_eq!(vols.as_array().expect("list").len(), 2);
+}
+
+#[test]
+fn config_check_names_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "listen: 127.0.0.1:3001\ntimeouts:\n  vm_start: 300s\n  ssh_conect: 10s\n").expect("write");
+    let out = Command::new(BIN).arg("--config").arg(&f).args(["config", "check"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:4") && err.contains("ssh_conect"), "{err}");
+    std::fs::write(&f, "listen: 127.0.0.1:3001\n").expect("write");
+    let out = Command::new(BIN).arg("--config").arg(&f).args(["config", "check"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
