@@ -238,13 +238,17 @@ impl Fleet {
             released_at: None,
         };
         let on_demand = self.new_vm(executor, &req.image, &req.resource_class, Some(&task.id), now)?;
-        let a = self.store.request_task(&task, &on_demand).await?;
+        let audit = self.event("task.request", "api", &task.id, &task.pool);
+        let a = self.store.request_task(&task, &on_demand, Some(&audit)).await?;
+        self.wake();
+        let mut task = task;
+        task.vm_id = Some(a.vm.id.clone());
         if a.handed_over {
+            task.state = "assigned".into();
+            task.assigned_at = Some(now);
             self.metrics.assignment_latency.observe((now_ms() - now) as f64 / 1000.0);
         }
-        self.audit("task.request", "api", &task.id, &format!("vm {} warm={}", a.vm.id, a.warm)).await;
-        self.wake();
-        Ok(self.store.task(&task.id).await?)
+        Ok(task)
     }
 
     /// Releases a task; its VM is destroyed and its volume detached.
@@ -300,8 +304,8 @@ impl Fleet {
         Ok(v)
     }
 
-    async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {
-        let e = AuditEvent {
+    fn event(&self, action: &str, actor: &str, target: &str, payload: &str) -> AuditEvent {
+        AuditEvent {
             id: short_id(),
             version: 1,
             action: action.into(),
@@ -312,7 +316,11 @@ impl Fleet {
             scope: self.install_id.clone(),
             success: true,
             request: None,
-        };
+        }
+    }
+
+    async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {
+        let e = self.event(action, actor, target, payload);
         if let Err(err) = self.store.audit(&e).await {
             warn!(%err, action, "audit event not written");
         }

@@ -32,9 +32,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let url = config.database_url();
-    let store = Store::open(&url, config.database.max_connections)
-        .await
-        .with_context(|| format!("opening database {}", crate::store::redact_url(&url)))?;
+    let store = open_store(&url, config.database.max_connections).await?;
     if config.database.url.is_none() && ensure_admin_token(&store, &config.admin_token_path()).await? {
         info!(path = %config.admin_token_path().display(), "generated the admin token");
     }
@@ -49,6 +47,24 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     let state = AppState { fleet: fleet.clone(), auth, config_error };
     Ok(Running { fleet, state, shutdown })
+}
+
+/// Opens the store, retrying with jittered exponential backoff for about a minute while the
+/// database is unreachable (it may still be starting beside us); bad URLs and failed
+/// migrations are not retried.
+async fn open_store(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+    use backon::{ExponentialBuilder, Retryable};
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(10)
+        .with_jitter();
+    (|| Store::open(url, max_connections))
+        .retry(policy)
+        .when(|e| matches!(e, crate::store::StoreError::Db(_)))
+        .notify(|e, wait| warn!(error = %e, ?wait, "database not reachable yet; retrying"))
+        .await
+        .with_context(|| format!("opening database {}", crate::store::redact_url(url)))
 }
 
 /// Re-validates the config file every few seconds, so `/status` reports a file that an

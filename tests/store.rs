@@ -86,7 +86,7 @@ async fn warm_vm_is_handed_over_else_on_demand(s: Store) {
     let warm = vm_row(POOL, "ready", None);
     s.insert_vm(&warm).await.expect("insert");
     let t1 = task("p", false);
-    let a = s.request_task(&t1, &vm_row(POOL, "requested", Some(&t1.id))).await.expect("request");
+    let a = s.request_task(&t1, &vm_row(POOL, "requested", Some(&t1.id)), None).await.expect("request");
     assert!(a.warm && a.handed_over);
     assert_eq!(a.vm.id, warm.id);
     let t1 = s.task(&t1.id).await.expect("task");
@@ -95,7 +95,7 @@ async fn warm_vm_is_handed_over_else_on_demand(s: Store) {
 
     let t2 = task("p", false);
     let od = vm_row(POOL, "requested", Some(&t2.id));
-    let a = s.request_task(&t2, &od).await.expect("request");
+    let a = s.request_task(&t2, &od, None).await.expect("request");
     assert!(!a.warm && !a.handed_over);
     assert_eq!(s.vm(&od.id).await.expect("vm").task_id.as_deref(), Some(t2.id.as_str()));
     assert_eq!(s.task(&t2.id).await.expect("task").state, "waiting");
@@ -104,7 +104,7 @@ async fn warm_vm_is_handed_over_else_on_demand(s: Store) {
     s.insert_vm(&drained).await.expect("insert");
     s.drain_vm(&drained.id).await.expect("drain");
     let t3 = task("p", false);
-    let a = s.request_task(&t3, &vm_row(POOL, "requested", Some(&t3.id))).await.expect("request");
+    let a = s.request_task(&t3, &vm_row(POOL, "requested", Some(&t3.id)), None).await.expect("request");
     assert!(!a.warm);
 }
 
@@ -117,7 +117,7 @@ async fn concurrent_requests_never_share_a_vm(s: Store) {
         let s = s.clone();
         handles.push(tokio::spawn(async move {
             let t = task("p", false);
-            s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id))).await.expect("request")
+            s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request")
         }));
     }
     let mut warm = HashSet::new();
@@ -136,7 +136,7 @@ async fn concurrent_requests_never_share_a_vm(s: Store) {
 async fn release_retires_vm_and_volume(s: Store) {
     s.insert_vm(&vm_row(POOL, "ready", None)).await.expect("insert");
     let mut t = task("p", true);
-    let a = s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id))).await.expect("request");
+    let a = s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request");
     assert!(a.warm && !a.handed_over, "a DLC task waits for its volume");
     t.vm_id = Some(a.vm.id.clone());
     let vol = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
@@ -161,7 +161,7 @@ async fn dlc_volume_never_crosses_projects(s: Store) {
     // Project a gets a volume, uses it, releases it.
     let mut ta = task("a", true);
     let vm_a = vm_row(POOL, "requested", Some(&ta.id));
-    s.request_task(&ta, &vm_a).await.expect("request a");
+    s.request_task(&ta, &vm_a, None).await.expect("request a");
     ta.vm_id = Some(vm_a.id.clone());
     let vol_a = s.claim_volume(&ta, "z1", &volume("a", &ta)).await.expect("claim a");
     s.set_volume_provider_id(&vol_a.id, "pv-a", now_ms()).await.expect("pid");
@@ -172,7 +172,7 @@ async fn dlc_volume_never_crosses_projects(s: Store) {
     // Project b never gets it, even by asking for it directly.
     let mut tb = task("b", true);
     let vm_b = vm_row(POOL, "requested", Some(&tb.id));
-    s.request_task(&tb, &vm_b).await.expect("request b");
+    s.request_task(&tb, &vm_b, None).await.expect("request b");
     tb.vm_id = Some(vm_b.id.clone());
     let err = s.set_volume_attached(&vol_a.id, &tb.id, &vm_b.id, now_ms()).await;
     assert!(matches!(err, Err(StoreError::Conflict(_))), "cross-project attach must be refused");
@@ -183,7 +183,7 @@ async fn dlc_volume_never_crosses_projects(s: Store) {
     // Another zone does not reuse it either.
     let mut ta_far = task("a", true);
     let vm_far = vm_row(POOL, "requested", Some(&ta_far.id));
-    s.request_task(&ta_far, &vm_far).await.expect("request far");
+    s.request_task(&ta_far, &vm_far, None).await.expect("request far");
     ta_far.vm_id = Some(vm_far.id.clone());
     let far =
         s.claim_volume(&ta_far, "z2", &VolumeRow { zone: "z2".into(), ..volume("a", &ta_far) }).await.expect("far");
@@ -192,14 +192,14 @@ async fn dlc_volume_never_crosses_projects(s: Store) {
     // Project a, same zone, reuses it.
     let mut ta2 = task("a", true);
     let vm_a2 = vm_row(POOL, "requested", Some(&ta2.id));
-    s.request_task(&ta2, &vm_a2).await.expect("request a2");
+    s.request_task(&ta2, &vm_a2, None).await.expect("request a2");
     ta2.vm_id = Some(vm_a2.id.clone());
     let again = s.claim_volume(&ta2, "z1", &volume("a", &ta2)).await.expect("claim a2");
     assert_eq!(again.id, vol_a.id);
     // One task per volume: while a2 holds it, a third task of project a gets another.
     let mut ta3 = task("a", true);
     let vm_a3 = vm_row(POOL, "requested", Some(&ta3.id));
-    s.request_task(&ta3, &vm_a3).await.expect("request a3");
+    s.request_task(&ta3, &vm_a3, None).await.expect("request a3");
     ta3.vm_id = Some(vm_a3.id.clone());
     let other = s.claim_volume(&ta3, "z1", &volume("a", &ta3)).await.expect("claim a3");
     assert_ne!(other.id, vol_a.id);
@@ -208,7 +208,7 @@ async fn dlc_volume_never_crosses_projects(s: Store) {
 async fn volume_delete_refused_while_attached(s: Store) {
     let mut t = task("p", true);
     let vm = vm_row(POOL, "requested", Some(&t.id));
-    s.request_task(&t, &vm).await.expect("request");
+    s.request_task(&t, &vm, None).await.expect("request");
     t.vm_id = Some(vm.id.clone());
     let v = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
     s.set_volume_provider_id(&v.id, "pv", now_ms()).await.expect("pid");

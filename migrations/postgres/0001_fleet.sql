@@ -37,7 +37,7 @@ CREATE TABLE vms (
     failed_at BIGINT,
     state_since BIGINT NOT NULL
 );
-CREATE INDEX vms_pool_state ON vms (pool, state, ready_at);
+CREATE INDEX vms_pool_state ON vms (pool, state, ready_at, id);
 CREATE INDEX vms_state ON vms (state);
 CREATE UNIQUE INDEX vms_one_per_task ON vms (task_id) WHERE task_id IS NOT NULL;
 

@@ -165,6 +165,29 @@ macro_rules! insert_volume {
     }};
 }
 
+macro_rules! insert_audit {
+    ($ex:expr, $e:expr) => {{
+        let e: &AuditEvent = $e;
+        sqlx::query(
+            "INSERT INTO audit_events (id, version, action, actor, target, payload, occurred_at, scope, success, \
+             request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&e.id)
+        .bind(e.version)
+        .bind(&e.action)
+        .bind(&e.actor)
+        .bind(&e.target)
+        .bind(&e.payload)
+        .bind(e.occurred_at)
+        .bind(&e.scope)
+        .bind(e.success)
+        .bind(&e.request)
+        .execute($ex)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+
 /// After a task ends its VM is retired (VMs are never reused) and its volume detached.
 macro_rules! retire_task_resources {
     ($tx:ident, $task_id:expr, $now:expr) => {{
@@ -227,7 +250,10 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            Db::Sqlite(SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?)
+            // One connection: SQLite has one writer anyway, and queueing in-process is far
+            // cheaper than SQLite's sleeping busy handler when writers collide.
+            let _ = max_connections;
+            Db::Sqlite(SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(redact_url(url)))?;
             Db::Postgres(
@@ -317,7 +343,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn request_task(&self, task: &TaskRow, on_demand: &VmRow) -> Result<Assignment, StoreError> {
+    pub async fn request_task(
+        &self,
+        task: &TaskRow,
+        on_demand: &VmRow,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Assignment, StoreError> {
         let now = task.created_at;
         let claim = format!(
             "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
@@ -327,6 +358,9 @@ impl Store {
         );
         Ok(in_tx!(&self.db, |tx| {
             insert_task!(&mut *tx, task)?;
+            if let Some(e) = audit {
+                insert_audit!(&mut *tx, e)?;
+            }
             let claimed: Option<VmRow> =
                 sqlx::query_as(&claim).bind(&task.id).bind(now).bind(&task.pool).fetch_optional(&mut *tx).await?;
             match claimed {
@@ -848,20 +882,8 @@ impl Store {
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         let sql = "INSERT INTO audit_events (id, version, action, actor, target, payload, occurred_at, scope, success, request) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-        with_pool!(&self.db, |p| sqlx::query(sql)
-            .bind(&e.id)
-            .bind(e.version)
-            .bind(&e.action)
-            .bind(&e.actor)
-            .bind(&e.target)
-            .bind(&e.payload)
-            .bind(e.occurred_at)
-            .bind(&e.scope)
-            .bind(e.success)
-            .bind(&e.request)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let _ = sql;
+        with_pool!(&self.db, |p| insert_audit!(p, e))?;
         Ok(())
     }
 
