@@ -45,4 +45,9 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test (SQLite and PostgreSQL)"
-cargo test --workspace -- --test-threads "${VMFLEET_TEST_THREADS:-4}"
+out=$(mktemp)
+set -o pipefail
+cargo test --workspace -- --test-threads "${VMFLEET_TEST_THREADS:-4}" 2>&1 | tee "$out"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' "$out"
+rm -f "$out"
