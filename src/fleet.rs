@@ -388,7 +388,7 @@ impl Fleet {
                     if let Some(task_id) = &vm.task_id {
                         let task = self.store.task(task_id).await?;
                         if task.state == "waiting" {
-                            self.spawn_handover(vm.id.clone());
+                            self.spawn_handover(&vm.id);
                         }
                     }
                 }
@@ -432,36 +432,35 @@ impl Fleet {
         Ok(())
     }
 
-    fn spawn_readiness(self: &Arc<Self>, vm_id: &str) {
+    /// Runs `job` for `vm_id` in the background unless one is already running for that VM,
+    /// then wakes the loop so its outcome is acted on at once.
+    fn spawn_for_vm<F, Fut>(self: &Arc<Self>, vm_id: &str, what: &'static str, job: F)
+    where
+        F: FnOnce(Arc<Self>, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), FleetError>> + Send + 'static,
+    {
         if !self.checking.lock().unwrap_or_else(|p| p.into_inner()).insert(vm_id.to_string()) {
             return;
         }
         let fleet = self.clone();
         let vm_id = vm_id.to_string();
         tokio::spawn(async move {
-            if let Err(e) = fleet.become_ready(&vm_id).await {
-                warn!(vm = %vm_id, error = %e, "readiness check failed");
+            if let Err(e) = job(fleet.clone(), vm_id.clone()).await {
+                warn!(vm = %vm_id, error = %e, "{what} failed");
             }
             fleet.checking.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
             fleet.wake();
         });
     }
 
-    fn spawn_handover(self: &Arc<Self>, vm_id: String) {
-        if !self.checking.lock().unwrap_or_else(|p| p.into_inner()).insert(vm_id.clone()) {
-            return;
-        }
-        let fleet = self.clone();
-        tokio::spawn(async move {
-            let vm = fleet.store.vm(&vm_id).await;
-            let result = match vm {
-                Ok(vm) => fleet.hand_over(&vm).await,
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = result {
-                warn!(vm = %vm_id, error = %e, "hand-over failed");
-            }
-            fleet.checking.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
+    fn spawn_readiness(self: &Arc<Self>, vm_id: &str) {
+        self.spawn_for_vm(vm_id, "readiness check", |fleet, id| async move { fleet.become_ready(&id).await });
+    }
+
+    fn spawn_handover(self: &Arc<Self>, vm_id: &str) {
+        self.spawn_for_vm(vm_id, "hand-over", |fleet, id| async move {
+            let vm = fleet.store.vm(&id).await?;
+            fleet.hand_over(&vm).await
         });
     }
 
@@ -569,6 +568,7 @@ impl Fleet {
     /// the instances terminated.
     async fn retire_released(&self, vms: &[VmRow]) -> Result<HashSet<String>, FleetError> {
         let now = now_ms();
+        let mut still_attached: HashSet<String> = HashSet::new();
         for vol in self.store.volumes(Some("detaching")).await? {
             let instance =
                 vol.vm_id.as_deref().and_then(|id| vms.iter().find(|v| v.id == id)).and_then(|v| v.instance_id.clone());
@@ -578,7 +578,10 @@ impl Fleet {
             };
             match detached {
                 Ok(()) | Err(ProvisionError::NotFound(_)) => self.store.set_volume_detached(&vol.id, now).await?,
-                Err(e) => warn!(volume = %vol.id, error = %e, "detach failed; will retry"),
+                Err(e) => {
+                    warn!(volume = %vol.id, error = %e, "detach failed; will retry");
+                    still_attached.extend(vol.vm_id);
+                }
             }
         }
         let retiring: Vec<&VmRow> =
@@ -586,8 +589,6 @@ impl Fleet {
         if retiring.is_empty() {
             return Ok(HashSet::new());
         }
-        let still_attached: HashSet<String> =
-            self.store.volumes(Some("detaching")).await?.into_iter().filter_map(|v| v.vm_id).collect();
         let ready: Vec<&VmRow> = retiring.into_iter().filter(|v| !still_attached.contains(&v.id)).collect();
         let ids: Vec<String> = ready.iter().filter_map(|v| v.instance_id.clone()).collect();
         for vm in &ready {
@@ -694,8 +695,18 @@ impl Fleet {
 
     /// Garbage collection: stuck, lost, leaked and orphaned.
     async fn collect(&self, instances: &[vmfleet_provisioner::Instance], now: i64) -> Result<(), FleetError> {
-        let all = self.store.vms(&[]).await?;
-        let records: Vec<vmfleet_gc::VmRecord> = all.iter().filter_map(gc_record).collect();
+        // Live VMs, plus the few finished ones whose instance the provider still reports: not the
+        // whole history, which grows without bound.
+        let mut vms = self.store.live_vms().await?;
+        let live: HashSet<String> = vms.iter().map(|v| v.id.clone()).collect();
+        for id in instances.iter().filter_map(|i| i.vm_id.as_ref()).filter(|id| !live.contains(*id)) {
+            match self.store.vm(id).await {
+                Ok(vm) => vms.push(vm),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let records: Vec<vmfleet_gc::VmRecord> = vms.iter().filter_map(gc_record).collect();
         let cloud: Vec<vmfleet_gc::CloudInstance> = instances
             .iter()
             .filter(|i| i.state != InstanceState::Terminated)

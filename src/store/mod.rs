@@ -250,9 +250,8 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            // One connection: SQLite has one writer anyway, and queueing in-process is far
-            // cheaper than SQLite's sleeping busy handler when writers collide.
-            let _ = max_connections;
+            // One connection whatever `max_connections` says: SQLite has one writer anyway, and
+            // queueing in-process is far cheaper than its sleeping busy handler when writers collide.
             Db::Sqlite(SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(redact_url(url)))?;
@@ -880,9 +879,6 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        let sql = "INSERT INTO audit_events (id, version, action, actor, target, payload, occurred_at, scope, success, request) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-        let _ = sql;
         with_pool!(&self.db, |p| insert_audit!(p, e))?;
         Ok(())
     }
