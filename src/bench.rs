@@ -168,7 +168,7 @@ async fn run(base: &Config, args: &AssignArgs, t: &Target) -> anyhow::Result<()>
     config.data_dir = t._dir.0.clone();
     config.database.max_connections = (args.concurrency as u32 + 2).max(4);
     let store = Store::open(&t.url, config.database.max_connections).await?;
-    let provider = crate::fleet::build_provider(&config)?;
+    let provider = crate::fleet::build_provider(&config).await?;
     let fleet = Fleet::new(config, store, provider).await?;
     fill_pool(&fleet, args.requests + args.max_requests).await?;
 

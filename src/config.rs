@@ -51,6 +51,8 @@ pub struct Config {
     pub volumes: VolumesConfig,
     /// API tokens (hashed).
     pub auth: AuthConfig,
+    /// Outbound proxies.
+    pub proxy: ProxyConfig,
     /// How often the service reconciles even when nothing happened.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -78,6 +80,8 @@ pub struct ProviderConfig {
     pub use_public_ip: bool,
     /// Local provider settings.
     pub local: LocalConfig,
+    /// EC2 settings.
+    pub ec2: Ec2Config,
     /// Operator tags added to every instance and volume.
     pub tags: BTreeMap<String, String>,
 }
@@ -89,6 +93,87 @@ pub enum ProviderKind {
     /// Sandboxes on this host.
     #[default]
     Local,
+    /// Amazon EC2.
+    Ec2,
+}
+
+/// A secret from the config: never printed, never serialized.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// EC2 settings (the old VM Provider settings page, and more).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ec2Config {
+    /// AWS region.
+    pub region: String,
+    /// Endpoint for emulators and VPC endpoints.
+    pub endpoint_url: Option<String>,
+    /// Subnets to launch into.
+    pub subnet_ids: Vec<String>,
+    /// Security group of every instance.
+    pub security_group_id: Option<String>,
+    /// IAM instance profile name given to instances.
+    pub instance_profile: Option<String>,
+    /// Access key id; without it the SDK's default chain (instance profile, environment).
+    pub access_key_id: Option<String>,
+    /// Secret access key. Never logged or printed.
+    pub secret_access_key: Option<Secret>,
+    /// Reach every instance's SSH here (`host:port`) instead of its address: emulators, tunnels.
+    pub ssh_address_override: Option<String>,
+    /// Sustained mutating EC2 calls per second.
+    pub mutations_per_second: f64,
+    /// Burst of mutating EC2 calls.
+    pub mutation_burst: u32,
+    /// Attempts of the SDK's adaptive retry per call.
+    pub sdk_max_attempts: u32,
+    /// Our own backoff retries of a throttled call after that.
+    pub throttle_retries: usize,
+}
+
+/// Outbound proxies for cloud APIs. Unset keys fall back to `HTTP_PROXY`, `HTTPS_PROXY` and
+/// `NO_PROXY`; the instance metadata address 169.254.169.254 is never proxied.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Proxy for `http://` endpoints.
+    pub http: Option<Secret>,
+    /// Proxy for `https://` endpoints.
+    pub https: Option<Secret>,
+    /// Hosts, domains and networks that bypass the proxies.
+    pub no_proxy: Option<String>,
+}
+
+impl Default for Ec2Config {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            endpoint_url: None,
+            subnet_ids: Vec::new(),
+            security_group_id: None,
+            instance_profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            ssh_address_override: None,
+            mutations_per_second: 5.0,
+            mutation_burst: 20,
+            sdk_max_attempts: 3,
+            throttle_retries: 5,
+        }
+    }
 }
 
 /// Local provider settings.
@@ -138,6 +223,9 @@ pub struct ResourceClass {
     pub platform: Platform,
     /// EC2 instance type.
     pub instance_type: String,
+    /// Types to try, in order, when `instance_type` has no capacity.
+    #[serde(default)]
+    pub fallback_instance_types: Vec<String>,
 }
 
 fn default_arch() -> Arch {
@@ -256,6 +344,7 @@ impl Default for Config {
             limits: Limits::default(),
             volumes: VolumesConfig::default(),
             auth: AuthConfig::default(),
+            proxy: ProxyConfig::default(),
             reconcile_interval: Duration::from_secs(1),
             gc: GcConfig::default(),
         }
@@ -270,7 +359,13 @@ impl Default for DatabaseConfig {
 
 impl Default for ProviderConfig {
     fn default() -> Self {
-        Self { kind: ProviderKind::Local, use_public_ip: false, local: LocalConfig::default(), tags: BTreeMap::new() }
+        Self {
+            kind: ProviderKind::Local,
+            use_public_ip: false,
+            local: LocalConfig::default(),
+            ec2: Ec2Config::default(),
+            tags: BTreeMap::new(),
+        }
     }
 }
 
@@ -318,6 +413,7 @@ pub fn default_resource_classes() -> BTreeMap<String, ResourceClass> {
         arch,
         platform,
         instance_type: it.to_string(),
+        fallback_instance_types: Vec::new(),
     };
     use Arch::{Arm64, X86_64};
     use Platform::{Linux, Windows};
@@ -408,6 +504,26 @@ impl Config {
                     "database.url",
                     "url",
                     format!("{} is neither sqlite:PATH nor postgres://…", crate::store::redact_url(url)),
+                ));
+            }
+        }
+        if self.provider.kind == ProviderKind::Ec2 {
+            let e = &self.provider.ec2;
+            if e.region.trim().is_empty() {
+                return Err(err("provider.ec2.region", "ec2", "required with provider.kind: ec2".into()));
+            }
+            if e.access_key_id.is_some() != e.secret_access_key.is_some() {
+                return Err(err(
+                    "provider.ec2.secret_access_key",
+                    "access_key_id",
+                    "access_key_id and secret_access_key go together".into(),
+                ));
+            }
+            if e.mutations_per_second <= 0.0 {
+                return Err(err(
+                    "provider.ec2.mutations_per_second",
+                    "mutations_per_second",
+                    "must be above zero".into(),
                 ));
             }
         }
@@ -653,6 +769,18 @@ mod tests {
         let req = requirement(Executor::Machine, &c.resource_classes["windows.medium"]);
         let img = cat.resolve("windows-default", &req).expect("windows");
         assert_eq!(cat.ami(img, "us-east-1").expect("ami"), "ami-0win");
+    }
+
+    #[test]
+    fn ec2_needs_a_region_and_hides_its_secret() {
+        let e = Config::parse("provider:\n  kind: ec2\n", "t", no_env()).expect_err("no region");
+        assert!(e.message.contains("provider.ec2.region"), "{e}");
+        let text = "provider:\n  kind: ec2\n  ec2:\n    region: us-east-1\n    access_key_id: AKIAEXAMPLE\n    secret_access_key: wJalrXUtnFEMIsecret\n";
+        let c = Config::parse(text, "t", no_env()).expect("ec2");
+        assert!(!format!("{c:?}").contains("wJalrXUtnFEMIsecret"));
+        assert!(!serde_json::to_string(&c).expect("json").contains("wJalrXUtnFEMIsecret"));
+        let half = "provider:\n  kind: ec2\n  ec2:\n    region: us-east-1\n    access_key_id: AKIAEXAMPLE\n";
+        assert!(Config::parse(half, "t", no_env()).is_err());
     }
 
     #[test]

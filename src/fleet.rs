@@ -108,8 +108,36 @@ impl std::fmt::Debug for Fleet {
 ///
 /// # Errors
 /// When the provider cannot be set up.
-pub fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
+pub async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     match config.provider.kind {
+        ProviderKind::Ec2 => {
+            let e = &config.provider.ec2;
+            let settings = vmfleet_provisioner::ec2::Ec2Settings {
+                region: e.region.clone(),
+                endpoint_url: e.endpoint_url.clone(),
+                subnet_ids: e.subnet_ids.clone(),
+                security_group_id: e.security_group_id.clone(),
+                instance_profile: e.instance_profile.clone(),
+                use_public_ip: config.provider.use_public_ip,
+                access_key_id: e.access_key_id.clone(),
+                secret_access_key: e.secret_access_key.as_ref().map(|s| s.0.clone()),
+                ssh_address_override: e.ssh_address_override.clone(),
+                mutations_per_second: e.mutations_per_second,
+                mutation_burst: e.mutation_burst,
+                sdk_max_attempts: e.sdk_max_attempts,
+                throttle_retries: e.throttle_retries,
+                proxy: {
+                    let env = vmfleet_provisioner::ec2::ProxySettings::from_env(|k| std::env::var(k).ok());
+                    let p = &config.proxy;
+                    vmfleet_provisioner::ec2::ProxySettings {
+                        http: p.http.as_ref().map(|s| s.0.clone()).or(env.http),
+                        https: p.https.as_ref().map(|s| s.0.clone()).or(env.https),
+                        no_proxy: p.no_proxy.clone().or(env.no_proxy),
+                    }
+                },
+            };
+            Ok(Arc::new(vmfleet_provisioner::ec2::Ec2Provider::new(settings).await))
+        }
         ProviderKind::Local => {
             let root = config.provider.local.root.clone().unwrap_or_else(|| config.data_dir.join("local"));
             let program = match &config.provider.local.agent_program {
@@ -167,11 +195,19 @@ impl Fleet {
             vmfleet_images::Platform::Linux => "linux",
             vmfleet_images::Platform::Windows => "windows",
         };
-        if self.config.provider.kind == ProviderKind::Local && platform != "linux" {
-            return Err(FleetError::BadRequest(format!(
-                "the local provider runs Linux images only; {image} is a Windows image"
-            )));
-        }
+        let image_id = match self.config.provider.kind {
+            ProviderKind::Local if platform != "linux" => {
+                return Err(FleetError::BadRequest(format!(
+                    "the local provider runs Linux images only; {image} is a Windows image"
+                )));
+            }
+            ProviderKind::Local => img.id(),
+            ProviderKind::Ec2 => self
+                .catalog
+                .ami(img, &self.config.provider.ec2.region)
+                .map_err(|e| FleetError::BadRequest(e.to_string()))?
+                .to_string(),
+        };
         let id = format!("vm-{}", short_id());
         let keys = ssh::generate_keypair(&id).map_err(|e| FleetError::Internal(e.to_string()))?;
         Ok(VmRow {
@@ -184,7 +220,7 @@ impl Fleet {
             state: VmState::Requested.as_str().into(),
             task_id: task_id.map(Into::into),
             instance_id: None,
-            image_id: img.id(),
+            image_id,
             instance_type: rc.instance_type.clone(),
             platform: platform.into(),
             zone: None,
@@ -413,6 +449,12 @@ impl Fleet {
                 pool: vm.pool.clone(),
                 image_id: vm.image_id.clone(),
                 instance_type: vm.instance_type.clone(),
+                fallback_instance_types: self
+                    .config
+                    .resource_classes
+                    .get(&vm.resource_class)
+                    .map(|rc| rc.fallback_instance_types.clone())
+                    .unwrap_or_default(),
                 platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
                 ssh_user: vm.ssh_user.clone(),
                 ssh_public_key: vm.ssh_public_key.clone(),

@@ -79,8 +79,23 @@ fn esc(s: &str) -> String {
 
 impl Metrics {
     /// Renders everything in the Prometheus text format.
-    pub fn render(&self, counts: &Counts, install_id: &str) -> String {
+    pub fn render(
+        &self,
+        counts: &Counts,
+        install_id: &str,
+        provider: &str,
+        calls: &std::collections::BTreeMap<&'static str, u64>,
+    ) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "# HELP vmfleet_provider_calls_total Cloud API calls by operation.\n# TYPE vmfleet_provider_calls_total counter");
+        for (op, n) in calls {
+            let _ = writeln!(
+                out,
+                "vmfleet_provider_calls_total{{provider=\"{}\",operation=\"{}\"}} {n}",
+                esc(provider),
+                esc(op)
+            );
+        }
         let _ = writeln!(out, "# HELP vmfleet_info Installation.\n# TYPE vmfleet_info gauge");
         let _ = writeln!(out, "vmfleet_info{{install_id=\"{}\"}} 1", esc(install_id));
         let _ = writeln!(out, "# HELP vmfleet_vms Live VMs by pool and state.\n# TYPE vmfleet_vms gauge");

@@ -36,7 +36,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     if config.database.url.is_none() && ensure_admin_token(&store, &config.admin_token_path()).await? {
         info!(path = %config.admin_token_path().display(), "generated the admin token");
     }
-    let provider = build_provider(&config)?;
+    let provider = build_provider(&config).await?;
     let auth = Authenticator::new(&config.auth.tokens, store.clone());
     let fleet = Fleet::new(config, store, provider).await?;
     let shutdown = Shutdown::default();

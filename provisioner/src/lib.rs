@@ -11,6 +11,7 @@
 //! object tagged with the installation, so the garbage collector can compare the two by id.
 //! Deleting something that is already gone is success.
 
+pub mod ec2;
 pub mod local;
 pub mod ssh;
 
@@ -79,6 +80,8 @@ pub struct LaunchSpec {
     pub image_id: String,
     /// Instance type (EC2) or a label (local).
     pub instance_type: String,
+    /// Types to try, in order, when `instance_type` has no capacity.
+    pub fallback_instance_types: Vec<String>,
     /// Platform of the image.
     pub platform: Platform,
     /// User the VM's key is installed for.
@@ -87,6 +90,15 @@ pub struct LaunchSpec {
     pub ssh_public_key: String,
     /// Extra tags from the operator's configuration.
     pub tags: BTreeMap<String, String>,
+}
+
+impl LaunchSpec {
+    /// `instance_type` followed by the fallbacks.
+    pub fn instance_types(&self) -> Vec<&str> {
+        std::iter::once(self.instance_type.as_str())
+            .chain(self.fallback_instance_types.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// Life-cycle state of a provider instance.
@@ -191,6 +203,10 @@ pub trait Provider: Send + Sync {
     async fn detach_volume(&self, provider_volume_id: &str, instance_id: &str) -> Result<(), ProvisionError>;
     /// Deletes a volume; a volume that is already gone is success.
     async fn delete_volume(&self, provider_volume_id: &str) -> Result<(), ProvisionError>;
+    /// Cloud API calls made so far, by operation (for `/metrics`); empty for drivers without any.
+    fn call_counts(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// Milliseconds since the Unix epoch, for drivers that stamp what they create.

@@ -180,7 +180,8 @@ async fn status(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let counts = s.fleet.store.counts().await?;
-    let body = s.fleet.metrics.render(&counts, &s.fleet.install_id);
+    let body =
+        s.fleet.metrics.render(&counts, &s.fleet.install_id, s.fleet.provider.kind(), &s.fleet.provider.call_counts());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 

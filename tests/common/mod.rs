@@ -9,6 +9,8 @@ use sqlx::ConnectOptions;
 use vmfleet::config::Config;
 use vmfleet::store::{now_ms, short_id, Store, VmRow};
 
+pub mod emulator;
+
 /// The PostgreSQL server for tests. The test command starts one and sets the variable; without
 /// it, PostgreSQL tests fail unless `VMFLEET_TEST_SKIP_PG=1` says to skip them.
 pub fn pg_admin_url() -> Option<String> {
