@@ -367,3 +367,84 @@ async fn calls_go_through_the_configured_proxy() {
     assert_eq!(proxy.seen("DescribeInstances").len(), 1, "the call went through the proxy");
     assert!(e.proxy.seen("DescribeInstances").is_empty(), "and not through the endpoint's own front");
 }
+
+#[tokio::test]
+async fn cli_against_the_emulator_launches_and_terminates() {
+    let Some(moto) = moto_url() else { return };
+    let Some(e) = env_with(|_| {}).await else { return };
+    let sshd = any_key_sshd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let subnets: Vec<String> = e.subnets.iter().map(|(s, _)| format!("\"{s}\"")).collect();
+    let config = dir.path().join("vmfleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {dir}\nlisten: 127.0.0.1:{port}\nreconcile_interval: 200ms\ninstall_id: {install}\n\
+             images:\n  custom_linux: {{us-east-1: {ami}}}\n\
+             provider:\n  kind: ec2\n  tags: {{team: ci}}\n  ec2:\n    region: us-east-1\n    endpoint_url: {moto}\n\
+             \x20   access_key_id: AKIATESTKEY\n    secret_access_key: s3cr3t-value-never-shown\n\
+             \x20   subnet_ids: [{subnets}]\n    security_group_id: {sg}\n    ssh_address_override: 127.0.0.1:{sshd}\n",
+            dir = dir.path().display(),
+            install = e.install,
+            ami = e.ami,
+            subnets = subnets.join(", "),
+            sg = e.sg,
+        ),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_vmfleet");
+    let cli = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(bin);
+        c.arg("--config").arg(&config).args(args).env_remove("VMFLEET_TOKEN").env_remove("VMFLEET_SERVER");
+        c
+    };
+    let check = cli(&["config", "check"]).output().await.expect("check");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(!String::from_utf8_lossy(&check.stdout).contains("s3cr3t"));
+    let log = dir.path().join("serve.log");
+    let mut server =
+        cli(&["serve"]).stderr(std::fs::File::create(&log).expect("log")).kill_on_drop(true).spawn().expect("serve");
+    common::eventually(30, || async {
+        cli(&["status"]).output().await.ok().filter(|o| o.status.success()).map(|_| ())
+    })
+    .await;
+
+    let out = cli(&["tasks", "request", "--project", "gh/acme/app", "--dlc", "--wait", "--json"])
+        .output()
+        .await
+        .expect("request");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(task["state"], "assigned", "{task}");
+    let vm: serde_json::Value = serde_json::from_slice(
+        &cli(&["vms", "show", task["vm_id"].as_str().expect("vm"), "--json"]).output().await.expect("vm").stdout,
+    )
+    .expect("vm json");
+    let instance_id = vm["instance_id"].as_str().expect("instance").to_string();
+    let c = e.provider.client();
+    let d = c.describe_instances().instance_ids(&instance_id).send().await.expect("describe");
+    let i = &d.reservations()[0].instances()[0];
+    let tags = tags_of(i);
+    assert_eq!(i.image_id(), Some(e.ami.as_str()));
+    assert_eq!(i.instance_type().map(|t| t.as_str()), Some("m5.large"));
+    assert_eq!(tags.get("vmfleet:install"), Some(&e.install));
+    assert_eq!(tags.get("team").map(String::as_str), Some("ci"));
+    let zone = i.placement().and_then(|p| p.availability_zone()).expect("zone").to_string();
+    let vols: serde_json::Value =
+        serde_json::from_slice(&cli(&["volumes", "list", "--json"]).output().await.expect("volumes").stdout)
+            .expect("json");
+    assert_eq!(vols[0]["zone"], zone.as_str(), "the DLC volume is in the instance's zone");
+
+    let out = cli(&["tasks", "release", task["id"].as_str().expect("id")]).output().await.expect("release");
+    assert!(out.status.success());
+    common::eventually(60, || async {
+        let d = c.describe_instances().instance_ids(&instance_id).send().await.ok()?;
+        let state = d.reservations()[0].instances()[0].state()?.name()?.as_str().to_string();
+        (state == "terminated").then_some(())
+    })
+    .await;
+    let _ = server.kill().await;
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(!log.contains("s3cr3t"), "the secret must never be logged");
+}
