@@ -271,6 +271,12 @@ pub struct PoolConfig {
     /// Hard bound on the pool's instances.
     #[serde(default)]
     pub max_instances: Option<u32>,
+    /// `on-demand`, `spot` or `spot-with-fallback` (EC2).
+    #[serde(default)]
+    pub capacity: vmfleet_provisioner::Capacity,
+    /// Instance types to try in order; default the resource class's type and its fallbacks.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
 }
 
 fn default_image() -> String {
@@ -781,6 +787,16 @@ mod tests {
         assert!(!serde_json::to_string(&c).expect("json").contains("wJalrXUtnFEMIsecret"));
         let half = "provider:\n  kind: ec2\n  ec2:\n    region: us-east-1\n    access_key_id: AKIAEXAMPLE\n";
         assert!(Config::parse(half, "t", no_env()).is_err());
+    }
+
+    #[test]
+    fn pools_take_capacity_and_ordered_types() {
+        let text = "pools:\n  - executor: machine\n    min_idle: 2\n    capacity: spot-with-fallback\n    instance_types: [m5.large, m5a.large]\n";
+        let c = Config::parse(text, "t", no_env()).expect("pool");
+        assert_eq!(c.pools[0].capacity, vmfleet_provisioner::Capacity::SpotWithFallback);
+        assert_eq!(c.pools[0].instance_types, ["m5.large", "m5a.large"]);
+        let e = Config::parse("pools:\n  - executor: machine\n    capacity: cheap\n", "f", no_env()).expect_err("bad");
+        assert_eq!(e.origin, "f:3", "{e}");
     }
 
     #[test]

@@ -169,6 +169,11 @@ impl Fleet {
         }))
     }
 
+    /// The configured pool of a pool key, if any (on-demand tasks may use pools not configured).
+    fn pool_config(&self, key: &str) -> Option<&crate::config::PoolConfig> {
+        self.config.pools.iter().find(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class) == key)
+    }
+
     /// Wakes the reconciler.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -221,7 +226,10 @@ impl Fleet {
             task_id: task_id.map(Into::into),
             instance_id: None,
             image_id,
-            instance_type: rc.instance_type.clone(),
+            instance_type: self
+                .pool_config(&pool_key(executor.as_str(), image, resource_class))
+                .and_then(|p| p.instance_types.first().cloned())
+                .unwrap_or_else(|| rc.instance_type.clone()),
             platform: platform.into(),
             zone: None,
             host: None,
@@ -443,18 +451,23 @@ impl Fleet {
 
     async fn launch_requested(&self) -> Result<(), FleetError> {
         for vm in self.store.vms(&[VmState::Requested]).await? {
+            let pool = self.pool_config(&vm.pool);
             let spec = LaunchSpec {
                 vm_id: vm.id.clone(),
                 install_id: self.install_id.clone(),
                 pool: vm.pool.clone(),
                 image_id: vm.image_id.clone(),
                 instance_type: vm.instance_type.clone(),
-                fallback_instance_types: self
-                    .config
-                    .resource_classes
-                    .get(&vm.resource_class)
-                    .map(|rc| rc.fallback_instance_types.clone())
-                    .unwrap_or_default(),
+                fallback_instance_types: match pool {
+                    Some(p) if !p.instance_types.is_empty() => p.instance_types[1..].to_vec(),
+                    _ => self
+                        .config
+                        .resource_classes
+                        .get(&vm.resource_class)
+                        .map(|rc| rc.fallback_instance_types.clone())
+                        .unwrap_or_default(),
+                },
+                capacity: pool.map(|p| p.capacity).unwrap_or_default(),
                 platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
                 ssh_user: vm.ssh_user.clone(),
                 ssh_public_key: vm.ssh_public_key.clone(),
@@ -708,14 +721,7 @@ impl Fleet {
         for action in vmfleet_scaler::plan(&pools, fleet_max) {
             match action {
                 vmfleet_scaler::ScaleAction::Launch { pool, count, reason } => {
-                    let Some(p) = self
-                        .config
-                        .pools
-                        .iter()
-                        .find(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class) == pool)
-                    else {
-                        continue;
-                    };
+                    let Some(p) = self.pool_config(&pool) else { continue };
                     for _ in 0..count {
                         let vm = self.new_vm(p.executor, &p.image, &p.resource_class, None, now_ms())?;
                         self.store.insert_vm(&vm).await?;

@@ -83,6 +83,7 @@ fn spec(e: &Env, vm: &str) -> LaunchSpec {
         image_id: e.ami.clone(),
         instance_type: "m5.large".into(),
         fallback_instance_types: vec!["m5a.large".into(), "m6i.large".into()],
+        capacity: vmfleet_provisioner::Capacity::OnDemand,
         platform: Platform::Linux,
         ssh_user: "circleci".into(),
         ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest vm".into(),
@@ -260,6 +261,35 @@ async fn capacity_error_falls_back_to_the_next_type_and_is_remembered() {
     // Every type out of capacity: a clear error, nothing launched.
     e.proxy.inject("RunInstances", "InsufficientInstanceCapacity", 500, 3);
     let err = e.provider.launch(&spec(&e, "vm-cap3")).await.expect_err("no capacity anywhere");
+    assert!(matches!(err, ProvisionError::InsufficientCapacity(_)), "{err}");
+}
+
+#[tokio::test]
+async fn spot_with_fallback_buys_spot_first_then_on_demand() {
+    let Some(e) = env_with(|s| s.subnet_ids.truncate(1)).await else { return };
+    let spot = |b: &str| b.split('&').any(|kv| kv == "InstanceMarketOptions.MarketType=spot");
+    let mut s = spec(&e, "vm-spot1");
+    s.capacity = vmfleet_provisioner::Capacity::Spot;
+    s.fallback_instance_types.clear();
+    e.provider.launch(&s).await.expect("spot");
+    assert!(spot(&e.proxy.seen("RunInstances")[0]), "bought on the spot market");
+
+    // No spot capacity for any type: on-demand, after every spot type was tried.
+    let mut s = spec(&e, "vm-spot2");
+    s.capacity = vmfleet_provisioner::Capacity::SpotWithFallback;
+    s.fallback_instance_types = vec!["m5a.large".into()];
+    e.proxy.inject("RunInstances", "InsufficientInstanceCapacity", 500, 2);
+    e.provider.launch(&s).await.expect("falls back to on-demand");
+    let runs: Vec<bool> = e.proxy.seen("RunInstances")[1..].iter().map(|b| spot(b)).collect();
+    assert_eq!(runs, [true, true, false], "spot m5.large, spot m5a.large, then on-demand");
+
+    // Spot only, and none to be had: a clear capacity error.
+    let mut s = spec(&e, "vm-spot3");
+    s.capacity = vmfleet_provisioner::Capacity::Spot;
+    s.instance_type = "c5.large".into();
+    s.fallback_instance_types.clear();
+    e.proxy.inject("RunInstances", "InsufficientInstanceCapacity", 500, 1);
+    let err = e.provider.launch(&s).await.expect_err("no spot");
     assert!(matches!(err, ProvisionError::InsufficientCapacity(_)), "{err}");
 }
 

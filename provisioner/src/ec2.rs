@@ -13,7 +13,8 @@
 //! being throttled by EC2; throttling that still happens is retried by the SDK's adaptive
 //! retry and then by a jittered exponential backoff (`backon`) before it is reported.
 //! On InsufficientInstanceCapacity the next instance type (and zone) is tried, and the failed
-//! type and zone are remembered as unavailable for three minutes.
+//! market, type and zone are remembered as unavailable for three minutes; `spot-with-fallback`
+//! tries every spot type and zone before on-demand.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -22,15 +23,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest, InstanceStateName,
-    InstanceType, ResourceType, Tag, TagSpecification, VolumeState, VolumeType,
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, MarketType,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeState, VolumeType,
 };
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine;
 
 use crate::{
-    Instance, InstanceState, LaunchSpec, Platform, Provider, ProvisionError, Volume, VolumeSpec, TAG_INSTALL, TAG_POOL,
-    TAG_PROJECT, TAG_VM, TAG_VOLUME,
+    Capacity, Instance, InstanceState, LaunchSpec, Platform, Provider, ProvisionError, Volume, VolumeSpec, TAG_INSTALL,
+    TAG_POOL, TAG_PROJECT, TAG_VM, TAG_VOLUME,
 };
 
 /// How long an instance type and zone that ran out of capacity is avoided.
@@ -163,7 +165,7 @@ pub struct Ec2Provider {
     settings: Ec2Settings,
     bucket: Bucket,
     calls: Mutex<BTreeMap<&'static str, u64>>,
-    unavailable: Mutex<HashMap<(String, String), Instant>>,
+    unavailable: Mutex<HashMap<(bool, String, String), Instant>>,
     subnet_zones: tokio::sync::OnceCell<Vec<(String, String)>>,
 }
 
@@ -349,17 +351,17 @@ impl Ec2Provider {
         Ok(v.as_slice())
     }
 
-    fn is_unavailable(&self, instance_type: &str, zone: &str) -> bool {
+    fn is_unavailable(&self, spot: bool, instance_type: &str, zone: &str) -> bool {
         let mut m = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|_, at| at.elapsed() < CAPACITY_MEMORY);
-        m.contains_key(&(instance_type.to_string(), zone.to_string()))
+        m.contains_key(&(spot, instance_type.to_string(), zone.to_string()))
     }
 
-    fn mark_unavailable(&self, instance_type: &str, zone: &str) {
+    fn mark_unavailable(&self, spot: bool, instance_type: &str, zone: &str) {
         self.unavailable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((instance_type.to_string(), zone.to_string()), Instant::now());
+            .insert((spot, instance_type.to_string(), zone.to_string()), Instant::now());
     }
 
     fn to_instance(&self, i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
@@ -437,6 +439,7 @@ impl Ec2Provider {
         spec: &LaunchSpec,
         instance_type: &str,
         subnet: Option<&str>,
+        spot: bool,
         token: &str,
     ) -> Result<Instance, ProvisionError> {
         let name = format!("vmfleet-{}", spec.vm_id);
@@ -479,6 +482,19 @@ impl Ec2Provider {
                     );
                 if let Some(s) = subnet {
                     req = req.subnet_id(s);
+                }
+                if spot {
+                    req = req.instance_market_options(
+                        InstanceMarketOptionsRequest::builder()
+                            .market_type(MarketType::Spot)
+                            .spot_options(
+                                SpotMarketOptions::builder()
+                                    .spot_instance_type(SpotInstanceType::OneTime)
+                                    .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                                    .build(),
+                            )
+                            .build(),
+                    );
                 }
                 if let Some(sg) = &self.settings.security_group_id {
                     req = req.security_group_ids(sg);
@@ -545,27 +561,36 @@ impl Provider for Ec2Provider {
                 .map(|(s, z)| (Some(s.as_str()), z.as_str()))
                 .collect()
         };
+        let markets: &[bool] = match spec.capacity {
+            Capacity::OnDemand => &[false],
+            Capacity::Spot => &[true],
+            Capacity::SpotWithFallback => &[true, false],
+        };
         let mut last = None;
-        for (n, instance_type) in spec.instance_types().iter().enumerate() {
-            for (subnet, zone) in &placements {
-                if self.is_unavailable(instance_type, zone) {
-                    continue;
-                }
-                // The first attempt's token is the VM id itself; a fallback is a different
-                // request and needs its own token.
-                let token = if n == 0 && subnet == &placements[0].0 {
-                    spec.vm_id.clone()
-                } else {
-                    format!("{}-{instance_type}-{zone}", spec.vm_id)
-                };
-                match self.run_one(spec, instance_type, *subnet, &token).await {
-                    Ok(i) => return Ok(i),
-                    Err(ProvisionError::InsufficientCapacity(m)) => {
-                        tracing::warn!(vm = %spec.vm_id, instance_type, zone, "no capacity; trying the next type or zone");
-                        self.mark_unavailable(instance_type, zone);
-                        last = Some(ProvisionError::InsufficientCapacity(m));
+        let mut first = true;
+        for &spot in markets {
+            for instance_type in spec.instance_types() {
+                for (subnet, zone) in &placements {
+                    if self.is_unavailable(spot, instance_type, zone) {
+                        continue;
                     }
-                    Err(e) => return Err(e),
+                    // The first attempt's token is the VM id itself; a fallback is a different
+                    // request and needs its own token.
+                    let token = if first {
+                        spec.vm_id.clone()
+                    } else {
+                        format!("{}-{}-{instance_type}-{zone}", spec.vm_id, if spot { "spot" } else { "od" })
+                    };
+                    first = false;
+                    match self.run_one(spec, instance_type, *subnet, spot, &token).await {
+                        Ok(i) => return Ok(i),
+                        Err(ProvisionError::InsufficientCapacity(m)) => {
+                            tracing::warn!(vm = %spec.vm_id, instance_type, zone, spot, "no capacity; trying the next type, zone or market");
+                            self.mark_unavailable(spot, instance_type, zone);
+                            last = Some(ProvisionError::InsufficientCapacity(m));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

@@ -82,6 +82,8 @@ pub struct LaunchSpec {
     pub instance_type: String,
     /// Types to try, in order, when `instance_type` has no capacity.
     pub fallback_instance_types: Vec<String>,
+    /// Which market to buy in.
+    pub capacity: Capacity,
     /// Platform of the image.
     pub platform: Platform,
     /// User the VM's key is installed for.
@@ -90,6 +92,19 @@ pub struct LaunchSpec {
     pub ssh_public_key: String,
     /// Extra tags from the operator's configuration.
     pub tags: BTreeMap<String, String>,
+}
+
+/// Which market an instance is bought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capacity {
+    /// On-demand only.
+    #[default]
+    OnDemand,
+    /// Spot only.
+    Spot,
+    /// Spot first; on-demand when no spot capacity is found for any type or zone.
+    SpotWithFallback,
 }
 
 impl LaunchSpec {
