@@ -15,6 +15,7 @@ trap run_cleanups EXIT
 need_apt=()
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing ${need_apt[*]}"

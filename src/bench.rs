@@ -129,6 +129,7 @@ fn fleet_new_ready_vm(fleet: &Fleet, now: i64) -> anyhow::Result<crate::store::V
         terminated_at: None,
         failed_at: None,
         state_since: now,
+        docker_host: None,
     })
 }
 

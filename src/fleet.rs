@@ -250,6 +250,7 @@ impl Fleet {
             terminated_at: None,
             failed_at: None,
             state_since: now,
+            docker_host: None,
         })
     }
 
@@ -280,6 +281,8 @@ impl Fleet {
             created_at: now,
             assigned_at: None,
             released_at: None,
+            docker_client_cert: None,
+            docker_client_key: None,
         };
         let on_demand = self.new_vm(executor, &req.image, &req.resource_class, Some(&task.id), now)?;
         let audit = self.event("task.request", "api", &task.id, &task.pool);
@@ -539,14 +542,22 @@ impl Fleet {
         let Some(target) = Self::ssh_target(&vm) else { return Ok(()) };
         let start_left = self.config.timeouts.vm_start.as_millis() as i64 - (now_ms() - vm.requested_at);
         let deadline = self.config.timeouts.ssh_connect.min(Duration::from_millis(start_left.max(1) as u64));
-        match ssh::wait_ready(&target, deadline).await {
-            Ok(session) => session.close().await,
-            Err(e) => {
-                let reason = format!("SSH not ready: {e}");
-                self.store.fail_vm(vm_id, &reason, now_ms()).await?;
-                self.audit("vm.fail", "fleet", vm_id, &reason).await;
-                return Ok(());
+        let setup = match ssh::wait_ready(&target, deadline).await {
+            Ok(session) => {
+                let setup = if vm.executor == Executor::RemoteDocker.as_str() {
+                    self.install_docker_tls(&vm, &target.host, &session).await
+                } else {
+                    Ok(())
+                };
+                session.close().await;
+                setup
             }
+            Err(e) => Err(format!("SSH not ready: {e}")),
+        };
+        if let Err(reason) = setup {
+            self.store.fail_vm(vm_id, &reason, now_ms()).await?;
+            self.audit("vm.fail", "fleet", vm_id, &reason).await;
+            return Ok(());
         }
         let now = now_ms();
         self.metrics.provisioning_duration.observe((now - vm.requested_at) as f64 / 1000.0);
@@ -560,6 +571,37 @@ impl Fleet {
         }
     }
 
+    /// The installation's Docker CA, made on first use.
+    async fn docker_ca(&self) -> Result<vmfleet_provisioner::tls::DockerCa, FleetError> {
+        use vmfleet_provisioner::tls::DockerCa;
+        let fresh = DockerCa::generate(&self.install_id).map_err(|e| FleetError::Internal(e.to_string()))?;
+        let pem = self.store.docker_ca(&fresh.pem).await?;
+        Ok(DockerCa::from_pem(&self.install_id, pem))
+    }
+
+    /// Issues the VM's Docker server certificate for the address tasks will dial and installs it
+    /// over SSH; where the image has a Docker daemon, it then serves on 2376 with TLS required.
+    async fn install_docker_tls(&self, vm: &VmRow, host: &str, session: &ssh::Session) -> Result<(), String> {
+        let ca = self.docker_ca().await.map_err(|e| e.to_string())?;
+        // A VM lives at most a day by default; the certificate outlives it comfortably.
+        let server = ca.issue_server(&vm.id, host, Duration::from_secs(7 * 86400)).map_err(|e| e.to_string())?;
+        let out = session
+            .exec(&vmfleet_provisioner::tls::install_script(&ca.pem.cert, &server))
+            .await
+            .map_err(|e| format!("installing Docker TLS: {e}"))?;
+        if out.exit_status != Some(0) {
+            return Err(format!(
+                "installing Docker TLS failed with status {:?}: {}",
+                out.exit_status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let enabled = String::from_utf8_lossy(&out.stdout).contains("docker-tls: enabled");
+        let docker_host = enabled.then(|| format!("tcp://{host}:2376"));
+        self.store.set_docker_host(&vm.id, docker_host.as_deref()).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// Attaches the task's DLC volume if it wants one, then hands the VM over.
     async fn hand_over(&self, vm: &VmRow) -> Result<(), FleetError> {
         let Some(task_id) = &vm.task_id else { return Ok(()) };
@@ -569,6 +611,12 @@ impl Fleet {
         }
         if task.dlc {
             self.attach_volume(&task, vm).await?;
+        }
+        if task.executor == Executor::RemoteDocker.as_str() {
+            let ca = self.docker_ca().await?;
+            let valid = self.config.timeouts.long_running_task + Duration::from_secs(3600);
+            let client = ca.issue_client(task_id, valid).map_err(|e| FleetError::Internal(e.to_string()))?;
+            self.store.set_docker_client(task_id, &client.cert, &client.key).await?;
         }
         let now = now_ms();
         self.store.hand_over(task_id, &vm.id, now).await?;

@@ -120,6 +120,9 @@ enum TasksCmd {
         /// Write the VM's private key here (mode 0600) and print the ssh command.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Remote docker: write ca.pem, cert.pem and key.pem here and print the DOCKER_* variables.
+        #[arg(long)]
+        docker_dir: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -129,6 +132,9 @@ enum TasksCmd {
         /// Write the VM's private key here (mode 0600) and print the ssh command.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Remote docker: write ca.pem, cert.pem and key.pem here and print the DOCKER_* variables.
+        #[arg(long)]
+        docker_dir: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -372,7 +378,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             let api = client(&cli, &config)?;
             match c {
-                TasksCmd::Request { executor, image, resource_class, project, dlc, wait, key_file, json } => {
+                TasksCmd::Request {
+                    executor,
+                    image,
+                    resource_class,
+                    project,
+                    dlc,
+                    wait,
+                    key_file,
+                    docker_dir,
+                    json,
+                } => {
                     let body = json!({"executor": executor, "image": image, "resource_class": resource_class,
                                       "project": project, "docker_layer_caching": dlc});
                     let mut t: TaskView = api.post("/api/v1/tasks", &body).await?;
@@ -386,11 +402,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                             t = api.get(&format!("/api/v1/tasks/{}", t.id)).await?;
                         }
                     }
-                    return show_task(&t, key_file.as_deref(), json.json);
+                    return show_task(&t, key_file.as_deref(), docker_dir.as_deref(), json.json);
                 }
-                TasksCmd::Show { id, key_file, json } => {
+                TasksCmd::Show { id, key_file, docker_dir, json } => {
                     let t: TaskView = api.get(&format!("/api/v1/tasks/{id}")).await?;
-                    return show_task(&t, key_file.as_deref(), json.json);
+                    return show_task(&t, key_file.as_deref(), docker_dir.as_deref(), json.json);
                 }
                 TasksCmd::Release { id } => {
                     let t: TaskView = api.delete(&format!("/api/v1/tasks/{id}")).await?;
@@ -440,16 +456,32 @@ fn print_kv(v: &serde_json::Value) {
     }
 }
 
-fn show_task(t: &TaskView, key_file: Option<&Path>, as_json: bool) -> anyhow::Result<std::process::ExitCode> {
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn show_task(
+    t: &TaskView,
+    key_file: Option<&Path>,
+    docker_dir: Option<&Path>,
+    as_json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     if let (Some(path), Some(ssh)) = (key_file, &t.ssh) {
-        let _ = std::fs::remove_file(path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        f.write_all(ssh.private_key.as_bytes())?;
+        write_private(path, &ssh.private_key)?;
+    }
+    if let (Some(dir), Some(d)) = (docker_dir, &t.docker) {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("ca.pem"), &d.ca_cert)?;
+        std::fs::write(dir.join("cert.pem"), &d.client_cert)?;
+        write_private(&dir.join("key.pem"), &d.client_key)?;
     }
     if as_json {
         print_json(t)?;
@@ -457,11 +489,23 @@ fn show_task(t: &TaskView, key_file: Option<&Path>, as_json: bool) -> anyhow::Re
         let mut v = serde_json::to_value(t)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("ssh");
+            o.remove("docker");
         }
         print_kv(&v);
         if let Some(ssh) = &t.ssh {
             let key = key_file.map_or_else(|| "KEY".to_string(), |p| p.display().to_string());
             println!("ssh                   ssh -i {key} -p {} {}@{}", ssh.port, ssh.user, ssh.host);
+        }
+        if let Some(d) = &t.docker {
+            let dir = docker_dir.map_or_else(|| "DIR".to_string(), |p| p.display().to_string());
+            match &d.docker_host {
+                Some(h) => {
+                    println!("docker                export DOCKER_HOST={h} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={dir}")
+                }
+                None => {
+                    println!("docker                this VM runs no Docker daemon (local provider); TLS files in {dir}")
+                }
+            }
         }
     }
     Ok(if t.state == "failed" { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })

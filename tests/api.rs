@@ -270,3 +270,63 @@ async fn warm_pool_fills_and_serves_at_once() {
     })
     .await;
 }
+
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn remote_docker_task_gets_tls_files_chained_to_the_installation_ca() {
+    let a = api().await;
+    let t = a.admin.clone();
+    let (s, v) = a.call("POST", "/api/v1/tasks", Some(&t), Some(r#"{"executor":"remote-docker","project":"p"}"#)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let task = common::eventually(60, || async {
+        let (_, v) = a.call("GET", &format!("/api/v1/tasks/{id}"), Some(&t), None).await;
+        (v["state"] != "waiting").then_some(v)
+    })
+    .await;
+    assert_eq!(task["state"], "assigned", "{task}");
+    let d = &task["docker"];
+    assert_eq!(d["docker_tls_verify"], "1");
+    assert!(d["docker_host"].is_null(), "the local provider runs no Docker daemon: {d}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, v: &Value| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, v.as_str().expect("pem")).expect("write");
+        p.display().to_string()
+    };
+    let ca = write("ca.pem", &d["ca_cert"]);
+    let cert = write("cert.pem", &d["client_cert"]);
+    assert!(d["client_key"].as_str().expect("key").contains("PRIVATE KEY"));
+    assert!(openssl(&["verify", "-CAfile", &ca, &cert]).contains(": OK"));
+    assert!(openssl(&["x509", "-in", &cert, "-noout", "-text"]).contains("TLS Web Client Authentication"));
+
+    // The VM got a server certificate for the address tasks dial, from the same CA.
+    let vm = task["vm_id"].as_str().expect("vm");
+    let server = a
+        .running
+        .fleet
+        .config
+        .data_dir
+        .join(format!("local/instances/local-{vm}/home/circleci/.docker-tls/server-cert.pem"));
+    let server = server.display().to_string();
+    assert!(openssl(&["verify", "-CAfile", &ca, &server]).contains(": OK"));
+    let text = openssl(&["x509", "-in", &server, "-noout", "-text"]);
+    assert!(text.contains("IP Address:127.0.0.1") && text.contains("TLS Web Server Authentication"), "{text}");
+
+    // A second task gets its own client certificate.
+    let (_, v2) =
+        a.call("POST", "/api/v1/tasks", Some(&t), Some(r#"{"executor":"remote-docker","project":"p"}"#)).await;
+    let id2 = v2["id"].as_str().expect("id").to_string();
+    let task2 = common::eventually(60, || async {
+        let (_, v) = a.call("GET", &format!("/api/v1/tasks/{id2}"), Some(&t), None).await;
+        (v["state"] == "assigned").then_some(v)
+    })
+    .await;
+    assert_ne!(task2["docker"]["client_cert"], d["client_cert"]);
+    assert_eq!(task2["docker"]["ca_cert"], d["ca_cert"], "one CA per installation");
+}

@@ -55,6 +55,8 @@ fn task(project: &str, dlc: bool) -> TaskRow {
         created_at: now_ms(),
         assigned_at: None,
         released_at: None,
+        docker_client_cert: None,
+        docker_client_key: None,
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod ec2;
 pub mod local;
 pub mod ssh;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

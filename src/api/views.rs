@@ -32,6 +32,21 @@ pub struct SshView {
     pub host_key: Option<String>,
 }
 
+/// How a remote-docker task reaches its Docker daemon. Contains the task's client key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerView {
+    /// `DOCKER_HOST`, when the VM's image runs a Docker daemon (the local provider runs none).
+    pub docker_host: Option<String>,
+    /// `DOCKER_TLS_VERIFY`.
+    pub docker_tls_verify: String,
+    /// `ca.pem`.
+    pub ca_cert: String,
+    /// `cert.pem`: this task's client certificate.
+    pub client_cert: String,
+    /// `key.pem`.
+    pub client_key: String,
+}
+
 /// A task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskView {
@@ -63,6 +78,8 @@ pub struct TaskView {
     pub released_at: Option<String>,
     /// How to reach the VM, while assigned.
     pub ssh: Option<SshView>,
+    /// Remote-Docker endpoint and TLS files, while assigned.
+    pub docker: Option<DockerView>,
 }
 
 impl TaskView {
@@ -83,6 +100,7 @@ impl TaskView {
             assigned_at: ts_opt(t.assigned_at),
             released_at: ts_opt(t.released_at),
             ssh: None,
+            docker: None,
         }
     }
 
@@ -91,9 +109,21 @@ impl TaskView {
     /// # Errors
     /// Store errors.
     pub async fn load(fleet: &Fleet, t: TaskRow) -> Result<Self, FleetError> {
+        let mut docker = None;
         let ssh = match (&t.vm_id, t.state.as_str()) {
             (Some(vm_id), "assigned") => {
                 let vm = fleet.store.vm(vm_id).await?;
+                if let (Some(client_cert), Some(client_key), Some(ca_cert)) =
+                    (t.docker_client_cert.clone(), t.docker_client_key.clone(), fleet.store.docker_ca_cert().await?)
+                {
+                    docker = Some(DockerView {
+                        docker_host: vm.docker_host.clone(),
+                        docker_tls_verify: "1".into(),
+                        ca_cert,
+                        client_cert,
+                        client_key,
+                    });
+                }
                 match (vm.host, vm.ssh_port) {
                     (Some(host), Some(port)) => Some(SshView {
                         host,
@@ -107,7 +137,7 @@ impl TaskView {
             }
             _ => None,
         };
-        Ok(Self { ssh, ..Self::summary(t) })
+        Ok(Self { ssh, docker, ..Self::summary(t) })
     }
 }
 

@@ -829,6 +829,69 @@ impl Store {
         Ok(())
     }
 
+    // ---- remote Docker TLS ----
+
+    /// The installation's Docker CA: the stored one, or `fresh` if there is none yet (the first
+    /// replica to store one wins).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn docker_ca(
+        &self,
+        fresh: &vmfleet_provisioner::tls::Pem,
+    ) -> Result<vmfleet_provisioner::tls::Pem, StoreError> {
+        let ins = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+        let get = "SELECT value FROM meta WHERE key = $1";
+        let pair: (String, String) = in_tx!(&self.db, |tx| {
+            sqlx::query(ins).bind("docker_ca_cert").bind(&fresh.cert).execute(&mut *tx).await?;
+            sqlx::query(ins).bind("docker_ca_key").bind(&fresh.key).execute(&mut *tx).await?;
+            let cert: String = sqlx::query_scalar(get).bind("docker_ca_cert").fetch_one(&mut *tx).await?;
+            let key: String = sqlx::query_scalar(get).bind("docker_ca_key").fetch_one(&mut *tx).await?;
+            (cert, key)
+        });
+        Ok(vmfleet_provisioner::tls::Pem { cert: pair.0, key: pair.1 })
+    }
+
+    /// The stored Docker CA certificate, if one was made.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn docker_ca_cert(&self) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT value FROM meta WHERE key = 'docker_ca_cert'";
+        Ok(with_pool!(&self.db, |p| sqlx::query_scalar(sql).fetch_optional(p).await)?)
+    }
+
+    /// Records where a VM's Docker daemon listens with TLS.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_docker_host(&self, vm_id: &str, docker_host: Option<&str>) -> Result<(), StoreError> {
+        let sql = "UPDATE vms SET docker_host = $2 WHERE id = $1";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(vm_id)
+            .bind(docker_host)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Stores a task's Docker client certificate.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_docker_client(&self, task_id: &str, cert: &str, key: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE tasks SET docker_client_cert = $2, docker_client_key = $3 WHERE id = $1";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(task_id)
+            .bind(cert)
+            .bind(key)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     // ---- tokens and audit ----
 
     /// Stores an API token's hash.

@@ -110,6 +110,7 @@ pub struct VmRow {
     pub terminated_at: Option<i64>,
     pub failed_at: Option<i64>,
     pub state_since: i64,
+    pub docker_host: Option<String>,
 }
 
 impl std::fmt::Debug for VmRow {
@@ -148,6 +149,8 @@ pub struct TaskRow {
     pub created_at: i64,
     pub assigned_at: Option<i64>,
     pub released_at: Option<i64>,
+    pub docker_client_cert: Option<String>,
+    pub docker_client_key: Option<String>,
 }
 
 /// A DLC volume row.

@@ -89,6 +89,7 @@ pub fn vm_row(pool: &str, state: &str, task: Option<&str>) -> VmRow {
         terminated_at: None,
         failed_at: None,
         state_since: now,
+        docker_host: None,
     }
 }
 
