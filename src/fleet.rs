@@ -174,6 +174,20 @@ impl Fleet {
         self.config.pools.iter().find(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class) == key)
     }
 
+    /// Instance types to try, in order: the pool's list, else the resource class's type and its
+    /// fallbacks. Never empty for a known resource class.
+    fn instance_types(&self, pool: &str, resource_class: &str) -> Vec<String> {
+        match self.pool_config(pool) {
+            Some(p) if !p.instance_types.is_empty() => p.instance_types.clone(),
+            _ => match self.config.resource_classes.get(resource_class) {
+                Some(rc) => {
+                    std::iter::once(rc.instance_type.clone()).chain(rc.fallback_instance_types.clone()).collect()
+                }
+                None => vec![String::new()],
+            },
+        }
+    }
+
     /// Wakes the reconciler.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -227,9 +241,8 @@ impl Fleet {
             instance_id: None,
             image_id,
             instance_type: self
-                .pool_config(&pool_key(executor.as_str(), image, resource_class))
-                .and_then(|p| p.instance_types.first().cloned())
-                .unwrap_or_else(|| rc.instance_type.clone()),
+                .instance_types(&pool_key(executor.as_str(), image, resource_class), resource_class)
+                .swap_remove(0),
             platform: platform.into(),
             zone: None,
             host: None,
@@ -461,15 +474,7 @@ impl Fleet {
                 pool: vm.pool.clone(),
                 image_id: vm.image_id.clone(),
                 instance_type: vm.instance_type.clone(),
-                fallback_instance_types: match pool {
-                    Some(p) if !p.instance_types.is_empty() => p.instance_types[1..].to_vec(),
-                    _ => self
-                        .config
-                        .resource_classes
-                        .get(&vm.resource_class)
-                        .map(|rc| rc.fallback_instance_types.clone())
-                        .unwrap_or_default(),
-                },
+                fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
                 capacity: pool.map(|p| p.capacity).unwrap_or_default(),
                 platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
                 ssh_user: vm.ssh_user.clone(),
@@ -574,8 +579,13 @@ impl Fleet {
     /// The installation's Docker CA, made on first use.
     async fn docker_ca(&self) -> Result<vmfleet_provisioner::tls::DockerCa, FleetError> {
         use vmfleet_provisioner::tls::DockerCa;
-        let fresh = DockerCa::generate(&self.install_id).map_err(|e| FleetError::Internal(e.to_string()))?;
-        let pem = self.store.docker_ca(&fresh.pem).await?;
+        let pem = match self.store.docker_ca_stored().await? {
+            Some(pem) => pem,
+            None => {
+                let fresh = DockerCa::generate(&self.install_id).map_err(|e| FleetError::Internal(e.to_string()))?;
+                self.store.docker_ca(&fresh.pem).await?
+            }
+        };
         Ok(DockerCa::from_pem(&self.install_id, pem))
     }
 

@@ -113,9 +113,11 @@ impl TaskView {
         let ssh = match (&t.vm_id, t.state.as_str()) {
             (Some(vm_id), "assigned") => {
                 let vm = fleet.store.vm(vm_id).await?;
-                if let (Some(client_cert), Some(client_key), Some(ca_cert)) =
-                    (t.docker_client_cert.clone(), t.docker_client_key.clone(), fleet.store.docker_ca_cert().await?)
-                {
+                if let (Some(client_cert), Some(client_key), Some(ca_cert)) = (
+                    t.docker_client_cert.clone(),
+                    t.docker_client_key.clone(),
+                    fleet.store.docker_ca_stored().await?.map(|ca| ca.cert),
+                ) {
                     docker = Some(DockerView {
                         docker_host: vm.docker_host.clone(),
                         docker_tls_verify: "1".into(),

@@ -852,13 +852,17 @@ impl Store {
         Ok(vmfleet_provisioner::tls::Pem { cert: pair.0, key: pair.1 })
     }
 
-    /// The stored Docker CA certificate, if one was made.
+    /// The stored Docker CA, if one was made.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn docker_ca_cert(&self) -> Result<Option<String>, StoreError> {
-        let sql = "SELECT value FROM meta WHERE key = 'docker_ca_cert'";
-        Ok(with_pool!(&self.db, |p| sqlx::query_scalar(sql).fetch_optional(p).await)?)
+    pub async fn docker_ca_stored(&self) -> Result<Option<vmfleet_provisioner::tls::Pem>, StoreError> {
+        let sql = "SELECT key, value FROM meta WHERE key IN ('docker_ca_cert', 'docker_ca_key')";
+        let rows: Vec<(String, String)> = with_pool!(&self.db, |p| sqlx::query_as(sql).fetch_all(p).await)?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        Ok(get("docker_ca_cert")
+            .zip(get("docker_ca_key"))
+            .map(|(cert, key)| vmfleet_provisioner::tls::Pem { cert, key }))
     }
 
     /// Records where a VM's Docker daemon listens with TLS.
