@@ -23,6 +23,8 @@ pub enum Scope {
     Operator,
     /// CI agents: request, read and release tasks.
     Agent,
+    /// Packer pipelines: register image versions, nothing else.
+    ImagePublisher,
 }
 
 impl Scope {
@@ -32,6 +34,7 @@ impl Scope {
             "admin" => Some(Scope::Admin),
             "operator" => Some(Scope::Operator),
             "agent" => Some(Scope::Agent),
+            "image-publisher" => Some(Scope::ImagePublisher),
             _ => None,
         }
     }
@@ -42,6 +45,7 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::Operator => "operator",
             Scope::Agent => "agent",
+            Scope::ImagePublisher => "image-publisher",
         }
     }
 }

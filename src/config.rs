@@ -578,7 +578,7 @@ impl Config {
                     return Err(err(
                         &format!("auth.tokens[{}].scopes", t.name),
                         s,
-                        format!("unknown scope {s:?}; use admin, operator or agent"),
+                        format!("unknown scope {s:?}; use admin, operator, agent or image-publisher"),
                     ));
                 }
             }

@@ -88,8 +88,8 @@ pub struct Fleet {
     pub provider: Arc<dyn Provider>,
     /// Configuration.
     pub config: Arc<Config>,
-    /// Image catalog.
-    pub catalog: Catalog,
+    /// Image catalog: the configuration's, plus what was registered and promoted.
+    catalog: std::sync::RwLock<Catalog>,
     /// Installation id.
     pub install_id: String,
     /// Metrics.
@@ -156,8 +156,8 @@ impl Fleet {
     /// [`StoreError`] when the installation id cannot be read or set.
     pub async fn new(config: Config, store: Store, provider: Arc<dyn Provider>) -> Result<Arc<Self>, StoreError> {
         let install_id = store.install_id(config.install_id.as_deref()).await?;
-        let catalog = config.catalog();
-        Ok(Arc::new(Self {
+        let catalog = std::sync::RwLock::new(config.catalog());
+        let fleet = Arc::new(Self {
             store,
             provider,
             catalog,
@@ -166,7 +166,32 @@ impl Fleet {
             metrics: Metrics::default(),
             wake: Notify::new(),
             checking: Mutex::new(HashSet::new()),
-        }))
+        });
+        fleet.refresh_catalog().await?;
+        Ok(fleet)
+    }
+
+    /// The image catalog as it stands.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rebuilds the catalog from the configuration and the store's images and aliases.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn refresh_catalog(&self) -> Result<(), StoreError> {
+        let mut c = self.config.catalog();
+        for row in self.store.images().await? {
+            if let Some(img) = image_of(&row) {
+                c.add(img);
+            }
+        }
+        for a in self.store.alias_history(None).await? {
+            c.alias(&a.alias, &a.target);
+        }
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = c;
+        Ok(())
     }
 
     /// The configured pool of a pool key, if any (on-demand tasks may use pools not configured).
@@ -206,10 +231,9 @@ impl Fleet {
             .resource_classes
             .get(resource_class)
             .ok_or_else(|| FleetError::BadRequest(format!("unknown resource class {resource_class:?}")))?;
-        let img = self
-            .catalog
-            .resolve(image, &requirement(executor, rc))
-            .map_err(|e| FleetError::BadRequest(e.to_string()))?;
+        let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+        let img =
+            catalog.resolve(image, &requirement(executor, rc)).map_err(|e| FleetError::BadRequest(e.to_string()))?;
         let platform = match img.platform {
             vmfleet_images::Platform::Linux => "linux",
             vmfleet_images::Platform::Windows => "windows",
@@ -221,8 +245,7 @@ impl Fleet {
                 )));
             }
             ProviderKind::Local => img.id(),
-            ProviderKind::Ec2 => self
-                .catalog
+            ProviderKind::Ec2 => catalog
                 .ami(img, &self.config.provider.ec2.region)
                 .map_err(|e| FleetError::BadRequest(e.to_string()))?
                 .to_string(),
@@ -420,6 +443,8 @@ impl Fleet {
     /// Store or provider errors that stop the pass; the next pass starts over.
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), FleetError> {
         let now = now_ms();
+        // Other replicas may have registered or promoted images.
+        self.refresh_catalog().await?;
         self.launch_requested().await?;
         let instances = self
             .provider
@@ -871,6 +896,133 @@ impl Fleet {
             }
         }
         info!(reason = action.reason(), "gc");
+        Ok(())
+    }
+}
+
+/// A registered image row as a catalog image; `None` for a row this version cannot read.
+fn image_of(row: &crate::store::ImageRow) -> Option<vmfleet_images::Image> {
+    let kind = vmfleet_images::packer::ImageKind::parse(&row.kind)?;
+    let arch: vmfleet_images::Arch = serde_json::from_value(serde_json::Value::String(row.arch.clone())).ok()?;
+    let amis = serde_json::from_str(&row.amis).ok()?;
+    Some(kind.image(&row.name, &row.version, arch, amis))
+}
+
+/// A request to register an image version.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterImage {
+    /// Name, such as `ubuntu-2004`.
+    pub name: String,
+    /// Version, such as `202010-01`.
+    pub version: String,
+    /// `linux`, `windows`, `gpu` or `remote-docker`.
+    pub kind: String,
+    /// `x86_64` (default) or `arm64`.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// AMI per region.
+    pub amis: std::collections::BTreeMap<String, String>,
+}
+
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+fn valid_image_part(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 100 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Fleet {
+    /// Registers an image version (from a packer pipeline).
+    ///
+    /// # Errors
+    /// [`FleetError::BadRequest`] naming the bad field; [`FleetError::Conflict`] when that version
+    /// exists.
+    pub async fn register_image(&self, req: &RegisterImage, actor: &str) -> Result<crate::store::ImageRow, FleetError> {
+        use vmfleet_images::packer::{valid_ami, valid_region, ImageKind};
+        let bad = |m: String| Err(FleetError::BadRequest(m));
+        if !valid_image_part(&req.name) {
+            return bad(format!("name {:?}: use letters, digits, '-', '_' or '.'", req.name));
+        }
+        if !valid_image_part(&req.version) {
+            return bad(format!("version {:?}: use letters, digits, '-', '_' or '.'", req.version));
+        }
+        if ImageKind::parse(&req.kind).is_none() {
+            return bad(format!("kind {:?}: use linux, windows, gpu or remote-docker", req.kind));
+        }
+        if serde_json::from_value::<vmfleet_images::Arch>(serde_json::Value::String(req.arch.clone())).is_err() {
+            return bad(format!("arch {:?}: use x86_64 or arm64", req.arch));
+        }
+        if req.amis.is_empty() {
+            return bad("amis: at least one region's AMI is needed".into());
+        }
+        for (region, ami) in &req.amis {
+            if !valid_region(region) || !valid_ami(ami) {
+                return bad(format!("amis.{region}: {ami:?} is not an AMI id in a region"));
+            }
+        }
+        let row = crate::store::ImageRow {
+            name: req.name.clone(),
+            version: req.version.clone(),
+            kind: req.kind.clone(),
+            arch: req.arch.clone(),
+            amis: serde_json::to_string(&req.amis).map_err(|e| FleetError::Internal(e.to_string()))?,
+            registered_at: now_ms(),
+        };
+        self.store.insert_image(&row).await?;
+        self.refresh_catalog().await?;
+        self.audit("image.register", actor, &format!("{}:{}", req.name, req.version), &row.amis).await;
+        Ok(row)
+    }
+
+    /// Points `alias` (default: the image's name) at `name:version`.
+    ///
+    /// # Errors
+    /// [`FleetError::NotFound`] for an unknown version.
+    pub async fn promote_image(
+        &self,
+        name: &str,
+        version: &str,
+        alias: Option<&str>,
+        actor: &str,
+    ) -> Result<String, FleetError> {
+        let target = format!("{name}:{version}");
+        if !self.catalog().images().iter().any(|i| i.id() == target) {
+            return Err(FleetError::NotFound(format!("image {target} is not registered")));
+        }
+        let alias = alias.unwrap_or(name);
+        self.point_alias(alias, &target, actor).await?;
+        self.audit("image.promote", actor, alias, &target).await;
+        Ok(target)
+    }
+
+    /// Points `alias` back at what it pointed to before its current target.
+    ///
+    /// # Errors
+    /// [`FleetError::Conflict`] when there is nothing to roll back to.
+    pub async fn rollback_image(&self, alias: &str, actor: &str) -> Result<String, FleetError> {
+        let history = self.store.alias_history(Some(alias)).await?;
+        let Some(current) = history.last() else {
+            return Err(FleetError::Conflict(format!("alias {alias} has no promotion history")));
+        };
+        let Some(previous) = history.iter().rev().find(|a| a.target != current.target) else {
+            return Err(FleetError::Conflict(format!(
+                "alias {alias} has never pointed elsewhere than {}",
+                current.target
+            )));
+        };
+        let target = previous.target.clone();
+        self.point_alias(alias, &target, actor).await?;
+        self.audit("image.rollback", actor, alias, &target).await;
+        Ok(target)
+    }
+
+    async fn point_alias(&self, alias: &str, target: &str, actor: &str) -> Result<(), FleetError> {
+        // Keep history strictly ordered even within one millisecond.
+        let last = self.store.alias_history(Some(alias)).await?.last().map_or(0, |a| a.set_at);
+        self.store.set_alias(alias, target, actor, now_ms().max(last + 1)).await?;
+        self.refresh_catalog().await?;
         Ok(())
     }
 }

@@ -48,6 +48,9 @@ enum Cmd {
     /// Tasks: ask for a VM, look at it, release it.
     #[command(subcommand)]
     Tasks(TasksCmd),
+    /// Image catalog: register from packer, promote, roll back.
+    #[command(subcommand)]
+    Images(ImagesCmd),
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -143,12 +146,55 @@ enum TasksCmd {
 }
 
 #[derive(Subcommand)]
+enum ImagesCmd {
+    /// Register a version from packer's manifest post-processor output (its newest run).
+    Register {
+        #[arg(long)]
+        packer_manifest: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// linux, windows, gpu or remote-docker.
+        #[arg(long, default_value = "linux")]
+        kind: String,
+        /// The build to take when the run has several Amazon builds.
+        #[arg(long)]
+        build: Option<String>,
+        /// x86_64 or arm64; default the build's custom_data.arch, else x86_64.
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// Images and aliases.
+    List(JsonFlag),
+    /// One image: versions, aliases, history.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Point an alias (default: the image's name) at a version.
+    Promote {
+        name: String,
+        version: String,
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Point an alias (default: NAME) back at its previous version.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        alias: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokensCmd {
     /// Create a token in the database and print it once.
     Create {
         #[arg(long)]
         name: String,
-        /// admin, operator or agent (repeatable).
+        /// admin, operator, agent or image-publisher (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
@@ -414,6 +460,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+        Cmd::Images(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            let api = client(&cli, &config)?;
+            return images(&api, c).await;
+        }
         Cmd::Tokens(TokensCmd::Hash) => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;
@@ -423,7 +474,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             for s in scopes {
                 if vmfleet::auth::Scope::parse(s).is_none() {
-                    bail!("unknown scope {s:?}; use admin, operator or agent");
+                    bail!("unknown scope {s:?}; use admin, operator, agent or image-publisher");
                 }
             }
             std::fs::create_dir_all(&config.data_dir)?;
@@ -441,6 +492,92 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::LocalVmAgent { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(ok)
+}
+
+async fn images(api: &Client, c: &ImagesCmd) -> anyhow::Result<std::process::ExitCode> {
+    use vmfleet::api::views::{ImageDetail, ImagesView};
+    let detail = |d: &ImageDetail| {
+        table(
+            &["Version", "Platform", "Arch", "GPU", "Regions"],
+            d.versions
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.version.clone(),
+                        format!("{:?}", i.platform).to_lowercase(),
+                        format!("{:?}", i.arch).to_lowercase(),
+                        i.gpu.to_string(),
+                        i.amis.keys().cloned().collect::<Vec<_>>().join(","),
+                    ]
+                })
+                .collect(),
+        );
+        for (a, t) in &d.aliases {
+            println!("alias {a} -> {t}");
+        }
+        for h in &d.history {
+            println!("{}  {} -> {}  by {}", h.set_at, h.alias, h.target, h.actor);
+        }
+    };
+    match c {
+        ImagesCmd::Register { packer_manifest, name, version, kind, build, arch } => {
+            let origin = packer_manifest.display().to_string();
+            let text = std::fs::read_to_string(packer_manifest).with_context(|| format!("reading {origin}"))?;
+            let artifact = vmfleet_images::packer::parse_manifest(&text, &origin, build.as_deref())?;
+            let arch =
+                arch.clone().or_else(|| artifact.custom_data.get("arch").cloned()).unwrap_or_else(|| "x86_64".into());
+            let body = json!({"name": name, "version": version, "kind": kind, "arch": arch, "amis": artifact.amis});
+            let d: ImageDetail = api.post("/api/v1/images", &body).await?;
+            println!("registered {name}:{version} ({} regions, build {})", artifact.amis.len(), artifact.build_name);
+            detail(&d);
+        }
+        ImagesCmd::List(f) => {
+            let v: ImagesView = api.get("/api/v1/images").await?;
+            if f.json {
+                print_json(&v)?;
+            } else {
+                table(
+                    &["Image", "Platform", "Arch", "Executors", "Regions"],
+                    v.images
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.id(),
+                                format!("{:?}", i.platform).to_lowercase() + if i.gpu { " (GPU)" } else { "" },
+                                format!("{:?}", i.arch).to_lowercase(),
+                                i.executors.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(","),
+                                i.amis.len().to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+                println!();
+                table(&["Alias", "Target"], v.aliases.iter().map(|(a, t)| vec![a.clone(), t.clone()]).collect());
+            }
+        }
+        ImagesCmd::Show { name, json } => {
+            let d: ImageDetail = api.get(&format!("/api/v1/images/{name}")).await?;
+            if json.json {
+                print_json(&d)?;
+            } else {
+                detail(&d);
+            }
+        }
+        ImagesCmd::Promote { name, version, alias } => {
+            let d: ImageDetail = api
+                .post(&format!("/api/v1/images/{name}/promote"), &json!({"version": version, "alias": alias}))
+                .await?;
+            println!("{} -> {name}:{version}", alias.as_deref().unwrap_or(name));
+            detail(&d);
+        }
+        ImagesCmd::Rollback { name, alias } => {
+            let d: ImageDetail = api.post(&format!("/api/v1/images/{name}/rollback"), &json!({"alias": alias})).await?;
+            let a = alias.as_deref().unwrap_or(name);
+            println!("{a} -> {}", d.aliases.get(a).map_or("?", String::as_str));
+            detail(&d);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn print_kv(v: &serde_json::Value) {

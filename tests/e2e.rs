@@ -189,3 +189,47 @@ fn config_check_names_key_and_line() {
     let out = Command::new(BIN).arg("--config").arg(&f).args(["config", "check"]).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn images_register_from_a_packer_manifest_promote_and_roll_back() {
+    let s = serve();
+    let manifest = s.dir.path().join("packer-manifest.json");
+    let write = |run: &str, amis: &str| {
+        let text = format!(
+            r#"{{"builds": [{{"name": "linux", "builder_type": "amazon-ebs", "artifact_id": "{amis}",
+                 "packer_run_uuid": "{run}", "custom_data": {{}}}}], "last_run_uuid": "{run}"}}"#
+        );
+        std::fs::write(&manifest, text).expect("manifest");
+    };
+    let m = manifest.display().to_string();
+    write("run-1", "us-east-1:ami-0a1b2c3d,us-west-2:ami-0b2c3d4e");
+    let out =
+        s.cli_ok(&["images", "register", "--packer-manifest", &m, "--name", "ubuntu-2004", "--version", "202010-01"]);
+    assert!(out.contains("registered ubuntu-2004:202010-01 (2 regions"), "{out}");
+    write("run-2", "us-east-1:ami-0e1e2e3e");
+    s.cli_ok(&["images", "register", "--packer-manifest", &m, "--name", "ubuntu-2004", "--version", "202011-01"]);
+    s.cli_ok(&["images", "promote", "ubuntu-2004", "202010-01"]);
+    s.cli_ok(&["images", "promote", "ubuntu-2004", "202011-01"]);
+    let show = s.json(&["images", "show", "ubuntu-2004", "--json"]);
+    assert_eq!(show["aliases"]["ubuntu-2004"], "ubuntu-2004:202011-01");
+    assert_eq!(show["versions"].as_array().expect("versions").len(), 2);
+    s.cli_ok(&["images", "rollback", "ubuntu-2004"]);
+    let show = s.json(&["images", "show", "ubuntu-2004", "--json"]);
+    assert_eq!(show["aliases"]["ubuntu-2004"], "ubuntu-2004:202010-01");
+    assert_eq!(show["history"].as_array().expect("history").len(), 3);
+    // A broken manifest is refused with the file and the field, and nothing is registered.
+    std::fs::write(
+        &manifest,
+        r#"{"builds": [{"name": "l", "builder_type": "amazon-ebs", "artifact_id": "us-east-1ami-0a1b2c3d"}]}"#,
+    )
+    .expect("manifest");
+    let out = s.cli(&["images", "register", "--packer-manifest", &m, "--name", "bad", "--version", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("packer-manifest.json: builds[0].artifact_id"), "{err}");
+    assert!(s.json(&["images", "list", "--json"])["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .all(|i| i["name"] != "bad"));
+}

@@ -6,6 +6,8 @@
 //! one image version. Resolution checks that the image fits what the task asked for and says
 //! exactly why when it does not.
 
+pub mod packer;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::auth::{Authenticator, Principal, Scope};
 use crate::fleet::{Fleet, FleetError, TaskRequest};
-use views::{Summary, TaskView, VmView, VolumeView};
+use views::{ImageDetail, ImagesView, Summary, TaskView, VmView, VolumeView};
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -134,6 +134,7 @@ impl Caller {
 }
 
 const AGENT: &[Scope] = &[Scope::Operator, Scope::Agent];
+const PUBLISHER: &[Scope] = &[Scope::Operator, Scope::ImagePublisher];
 const OPERATOR: &[Scope] = &[Scope::Operator];
 
 /// The router.
@@ -148,6 +149,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vms", get(list_vms))
         .route("/api/v1/vms/{id}", get(show_vm).delete(destroy_vm))
         .route("/api/v1/vms/{id}/drain", post(drain_vm))
+        .route("/api/v1/images", get(list_images).post(register_image))
+        .route("/api/v1/images/{name}", get(show_image))
+        .route("/api/v1/images/{name}/promote", post(promote_image))
+        .route("/api/v1/images/{name}/rollback", post(rollback_image))
         .route("/api/v1/volumes", get(list_volumes))
         .route("/api/v1/volumes/{id}", get(show_volume).delete(delete_volume))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -278,4 +283,70 @@ async fn delete_volume(
 ) -> Result<Json<VolumeView>, ApiError> {
     c.require(OPERATOR)?;
     Ok(Json(VolumeView::from(&s.fleet.delete_volume(&id).await?)))
+}
+
+async fn list_images(State(s): State<AppState>, c: Caller) -> Result<Json<ImagesView>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(ImagesView::from(&s.fleet.catalog())))
+}
+
+async fn register_image(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<crate::fleet::RegisterImage>,
+) -> Result<(StatusCode, Json<ImageDetail>), ApiError> {
+    c.require(PUBLISHER)?;
+    s.fleet.register_image(&req, &c.0.name).await?;
+    let detail = ImageDetail::load(&s.fleet, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
+async fn show_image(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<ImageDetail>, ApiError> {
+    c.require(OPERATOR)?;
+    Ok(Json(ImageDetail::load(&s.fleet, &name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    version: String,
+    alias: Option<String>,
+}
+
+async fn promote_image(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<Promote>,
+) -> Result<Json<ImageDetail>, ApiError> {
+    c.require(OPERATOR)?;
+    s.fleet.promote_image(&name, &req.version, req.alias.as_deref(), &c.0.name).await?;
+    Ok(Json(ImageDetail::load(&s.fleet, &name).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    alias: Option<String>,
+}
+
+async fn rollback_image(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ImageDetail>, ApiError> {
+    c.require(OPERATOR)?;
+    // The body is optional: without one, the alias named like the image rolls back.
+    let req: Rollback = if body.iter().all(u8::is_ascii_whitespace) {
+        Rollback::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
+    };
+    s.fleet.rollback_image(req.alias.as_deref().unwrap_or(&name), &c.0.name).await?;
+    Ok(Json(ImageDetail::load(&s.fleet, &name).await?))
 }

@@ -31,6 +31,10 @@ pub fn spec() -> Value {
         v["parameters"] = id_param();
         v
     };
+    let with_id_name = |mut v: Value| {
+        v["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
+        v
+    };
     json!({
         "openapi": "3.0.3",
         "info": {"title": "vmfleet", "version": env!("CARGO_PKG_VERSION"), "description": "VM fleet and autoscaling controller for CI executors."},
@@ -53,6 +57,13 @@ pub fn spec() -> Value {
                 "delete": with_id(op("Destroy a VM; a task on it fails", "operator", "200", &[("404", "no such VM")])),
             },
             "/api/v1/vms/{id}/drain": {"post": with_id(op("Give a VM no new work", "operator", "200", &[("404", "no such VM")]))},
+            "/api/v1/images": {
+                "get": op("The image catalog: versions and aliases", "operator", "200", &[]),
+                "post": op("Register an image version {name, version, kind, arch, amis}", "operator, image-publisher", "201", &[("400", "a bad field, named"), ("409", "that version is registered already")]),
+            },
+            "/api/v1/images/{name}": {"get": with_id_name(op("An image's versions, aliases and alias history", "operator", "200", &[("404", "no such image")]))},
+            "/api/v1/images/{name}/promote": {"post": with_id_name(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("404", "no such version")]))},
+            "/api/v1/images/{name}/rollback": {"post": with_id_name(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("409", "nothing to roll back to")]))},
             "/api/v1/volumes": {"get": op("List DLC volumes", "operator", "200", &[])},
             "/api/v1/volumes/{id}": {
                 "get": with_id(op("Show a volume", "operator", "200", &[("404", "no such volume")])),

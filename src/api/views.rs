@@ -286,3 +286,74 @@ impl Summary {
         }
     }
 }
+
+/// The catalog: every image version and where every alias points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImagesView {
+    /// Image versions.
+    pub images: Vec<vmfleet_images::Image>,
+    /// Alias → `name:version`.
+    pub aliases: BTreeMap<String, String>,
+}
+
+impl From<&vmfleet_images::Catalog> for ImagesView {
+    fn from(c: &vmfleet_images::Catalog) -> Self {
+        Self { images: c.images().to_vec(), aliases: c.aliases().clone() }
+    }
+}
+
+/// One alias change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasChange {
+    /// Alias.
+    pub alias: String,
+    /// `name:version` it pointed to from then on.
+    pub target: String,
+    /// When.
+    pub set_at: String,
+    /// Token name that did it.
+    pub actor: String,
+}
+
+/// An image name: its versions, the aliases pointing at them now, and the history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageDetail {
+    /// Name.
+    pub name: String,
+    /// Its versions.
+    pub versions: Vec<vmfleet_images::Image>,
+    /// Aliases pointing at one of its versions now.
+    pub aliases: BTreeMap<String, String>,
+    /// Changes of those aliases and of the alias named like the image, oldest first.
+    pub history: Vec<AliasChange>,
+}
+
+impl ImageDetail {
+    /// Loads one image name.
+    ///
+    /// # Errors
+    /// [`FleetError::NotFound`] when neither a version nor an alias has that name.
+    pub async fn load(fleet: &Fleet, name: &str) -> Result<Self, FleetError> {
+        let catalog = fleet.catalog();
+        let prefix = format!("{name}:");
+        let versions: Vec<_> = catalog.images().iter().filter(|i| i.name == name).cloned().collect();
+        let aliases: BTreeMap<String, String> = catalog
+            .aliases()
+            .iter()
+            .filter(|(a, t)| t.starts_with(&prefix) || a.as_str() == name)
+            .map(|(a, t)| (a.clone(), t.clone()))
+            .collect();
+        if versions.is_empty() && aliases.is_empty() {
+            return Err(FleetError::NotFound(format!("image {name}")));
+        }
+        let history = fleet
+            .store
+            .alias_history(None)
+            .await?
+            .into_iter()
+            .filter(|a| a.target.starts_with(&prefix) || a.alias == name || aliases.contains_key(&a.alias))
+            .map(|a| AliasChange { alias: a.alias, target: a.target, set_at: ts(a.set_at), actor: a.actor })
+            .collect();
+        Ok(Self { name: name.into(), versions, aliases, history })
+    }
+}

@@ -896,6 +896,69 @@ impl Store {
         Ok(())
     }
 
+    // ---- images ----
+
+    /// Registers an image version.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when that version is registered already.
+    pub async fn insert_image(&self, i: &ImageRow) -> Result<(), StoreError> {
+        let sql = "INSERT INTO images (name, version, kind, arch, amis, registered_at) VALUES ($1, $2, $3, $4, $5, $6)";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(&i.name)
+            .bind(&i.version)
+            .bind(&i.kind)
+            .bind(&i.arch)
+            .bind(&i.amis)
+            .bind(i.registered_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("image {}:{} is registered already", i.name, i.version))
+            }
+            e => StoreError::Db(e),
+        })?;
+        Ok(())
+    }
+
+    /// Registered image versions, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
+        let sql = "SELECT * FROM images ORDER BY registered_at, name, version";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).fetch_all(p).await)?)
+    }
+
+    /// Points an alias at `name:version` (appending to its history).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_alias(&self, alias: &str, target: &str, actor: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO image_aliases (id, alias, target, set_at, actor) VALUES ($1, $2, $3, $4, $5)";
+        with_pool!(&self.db, |p| sqlx::query(sql)
+            .bind(short_id())
+            .bind(alias)
+            .bind(target)
+            .bind(now)
+            .bind(actor)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Alias history, oldest first (all aliases, or one).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn alias_history(&self, alias: Option<&str>) -> Result<Vec<AliasRow>, StoreError> {
+        let sql = "SELECT * FROM image_aliases WHERE ($1 IS NULL OR alias = $1) ORDER BY set_at, id";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(alias).fetch_all(p).await)?)
+    }
+
     // ---- tokens and audit ----
 
     /// Stores an API token's hash.

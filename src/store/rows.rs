@@ -205,3 +205,25 @@ pub struct Counts {
     /// (state, count) of volumes.
     pub volumes: Vec<(String, i64)>,
 }
+
+/// A registered image version.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ImageRow {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub arch: String,
+    /// JSON object: region → AMI.
+    pub amis: String,
+    pub registered_at: i64,
+}
+
+/// Where an alias pointed, and since when.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AliasRow {
+    pub id: String,
+    pub alias: String,
+    pub target: String,
+    pub set_at: i64,
+    pub actor: String,
+}

@@ -10,6 +10,7 @@ use vmfleet::config::Config;
 use vmfleet::store::{now_ms, short_id, Store, VmRow};
 
 pub mod emulator;
+pub mod harness;
 
 /// The PostgreSQL server for tests. The test command starts one and sets the variable; without
 /// it, PostgreSQL tests fail unless `VMFLEET_TEST_SKIP_PG=1` says to skip them.
