@@ -962,6 +962,7 @@ impl Fleet {
                 return bad(format!("amis.{region}: {ami:?} is not an AMI id in a region"));
             }
         }
+        self.check_amis(req).await?;
         let row = crate::store::ImageRow {
             name: req.name.clone(),
             version: req.version.clone(),
@@ -974,6 +975,42 @@ impl Fleet {
         self.refresh_catalog().await?;
         self.audit("image.register", actor, &format!("{}:{}", req.name, req.version), &row.amis).await;
         Ok(row)
+    }
+
+    /// With a cloud provider, checks the AMI of its region: it exists, is `available`, and its
+    /// platform and architecture are what the kind and arch declare. (The provider's client is
+    /// bound to one region; AMIs of other regions are checked when used there.)
+    async fn check_amis(&self, req: &RegisterImage) -> Result<(), FleetError> {
+        let region = match self.config.provider.kind {
+            ProviderKind::Ec2 => &self.config.provider.ec2.region,
+            ProviderKind::Local => return Ok(()),
+        };
+        let Some(ami) = req.amis.get(region) else { return Ok(()) };
+        let facts = match self.provider.describe_image(ami).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(ProvisionError::NotFound(_)) | Err(ProvisionError::Invalid(_)) => {
+                return Err(FleetError::BadRequest(format!("amis.{region}: {ami} does not exist in {region}")))
+            }
+            Err(e) => return Err(FleetError::Internal(format!("checking {ami}: {e}"))),
+        };
+        if facts.state != "available" {
+            return Err(FleetError::BadRequest(format!("amis.{region}: {ami} is {}, not available", facts.state)));
+        }
+        let want = if req.kind == "windows" { Platform::Windows } else { Platform::Linux };
+        if facts.platform != want {
+            return Err(FleetError::BadRequest(format!(
+                "amis.{region}: {ami} is a {:?} image, and kind {} needs {:?}",
+                facts.platform, req.kind, want
+            )));
+        }
+        if !facts.architecture.is_empty() && facts.architecture != req.arch {
+            return Err(FleetError::BadRequest(format!(
+                "amis.{region}: {ami} is built for {}, and arch says {}",
+                facts.architecture, req.arch
+            )));
+        }
+        Ok(())
     }
 
     /// Points `alias` (default: the image's name) at `name:version`.

@@ -478,3 +478,51 @@ async fn cli_against_the_emulator_launches_and_terminates() {
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(!log.contains("s3cr3t"), "the secret must never be logged");
 }
+
+#[tokio::test]
+async fn registration_checks_the_ami_with_describe_images() {
+    let Some(moto) = moto_url() else { return };
+    let Some(e) = env_with(|_| {}).await else { return };
+    let windows_ami = e
+        .provider
+        .client()
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("images")
+        .images()
+        .iter()
+        .find(|i| i.platform().is_some_and(|p| p.as_str() == "windows"))
+        .and_then(|i| i.image_id())
+        .expect("a Windows AMI in the emulator")
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(dir.path());
+    config.provider.kind = vmfleet::config::ProviderKind::Ec2;
+    config.provider.ec2.region = "us-east-1".into();
+    config.provider.ec2.endpoint_url = Some(moto);
+    config.provider.ec2.access_key_id = Some("testing".into());
+    config.provider.ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
+    let store = common::sqlite_store(dir.path()).await;
+    let provider = vmfleet::fleet::build_provider(&config).await.expect("provider");
+    let fleet = vmfleet::fleet::Fleet::new(config, store, provider).await.expect("fleet");
+    let reg = |version: &str, kind: &str, arch: &str, ami: &str| vmfleet::fleet::RegisterImage {
+        name: "img".into(),
+        version: version.into(),
+        kind: kind.into(),
+        arch: arch.into(),
+        amis: BTreeMap::from([("us-east-1".into(), ami.into())]),
+    };
+    fleet.register_image(&reg("1", "linux", "x86_64", &e.ami), "t").await.expect("a real Linux AMI");
+    fleet.register_image(&reg("2", "windows", "x86_64", &windows_ami), "t").await.expect("a real Windows AMI");
+    for (r, why) in [
+        (reg("3", "linux", "x86_64", &windows_ami), "Windows"),
+        (reg("4", "linux", "arm64", &e.ami), "built for x86_64"),
+        (reg("5", "linux", "x86_64", "ami-0deadbeef00000000"), "does not exist"),
+    ] {
+        let err = fleet.register_image(&r, "t").await.expect_err(why);
+        assert!(matches!(err, vmfleet::fleet::FleetError::BadRequest(_)) && err.to_string().contains(why), "{err}");
+    }
+    assert_eq!(fleet.catalog().images().iter().filter(|i| i.name == "img").count(), 2, "refused versions are not kept");
+}

@@ -538,6 +538,27 @@ impl Provider for Ec2Provider {
         "ec2"
     }
 
+    async fn describe_image(&self, image_id: &str) -> Result<Option<crate::ImageFacts>, ProvisionError> {
+        let out = self
+            .call("DescribeImages", false, || async {
+                self.client.describe_images().image_ids(image_id).send().await.map_err(|e| sdk_err("DescribeImages", e))
+            })
+            .await?;
+        let Some(i) = out.images().first() else {
+            return Err(ProvisionError::NotFound(format!("image {image_id} in region {}", self.settings.region)));
+        };
+        Ok(Some(crate::ImageFacts {
+            image_id: image_id.into(),
+            state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            platform: if i.platform().is_some_and(|p| p.as_str().eq_ignore_ascii_case("windows")) {
+                Platform::Windows
+            } else {
+                Platform::Linux
+            },
+            architecture: i.architecture().map(|a| a.as_str().to_string()).unwrap_or_default(),
+        }))
+    }
+
     fn call_counts(&self) -> BTreeMap<&'static str, u64> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -68,6 +68,19 @@ pub enum Platform {
     Windows,
 }
 
+/// An image as the cloud describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFacts {
+    /// Image id.
+    pub image_id: String,
+    /// `available`, `pending`, `failed`, …
+    pub state: String,
+    /// Linux or Windows.
+    pub platform: Platform,
+    /// `x86_64` or `arm64`.
+    pub architecture: String,
+}
+
 /// What to launch. `vm_id` is the idempotency token.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -219,6 +232,11 @@ pub trait Provider: Send + Sync {
     async fn detach_volume(&self, provider_volume_id: &str, instance_id: &str) -> Result<(), ProvisionError>;
     /// Deletes a volume; a volume that is already gone is success.
     async fn delete_volume(&self, provider_volume_id: &str) -> Result<(), ProvisionError>;
+    /// What the cloud knows of an image id: `Ok(None)` when this driver has no images to check
+    /// (the local provider); `NotFound` when the cloud has no such image.
+    async fn describe_image(&self, _image_id: &str) -> Result<Option<ImageFacts>, ProvisionError> {
+        Ok(None)
+    }
     /// Cloud API calls made so far, by operation (for `/metrics`); empty for drivers without any.
     fn call_counts(&self) -> BTreeMap<&'static str, u64> {
         BTreeMap::new()
