@@ -277,6 +277,13 @@ pub struct PoolConfig {
     /// Instance types to try in order; default the resource class's type and its fallbacks.
     #[serde(default)]
     pub instance_types: Vec<String>,
+    /// Most of `min_idle` (a share; at least one VM) replaced at once after an image promotion.
+    #[serde(default = "default_replace_share")]
+    pub max_replace_share: f64,
+}
+
+fn default_replace_share() -> f64 {
+    0.25
 }
 
 fn default_image() -> String {
@@ -552,8 +559,17 @@ impl Config {
                 ));
             };
             let req = requirement(pool.executor, rc);
-            if let Err(e) = catalog.resolve(&pool.image, &req) {
-                return Err(err(&format!("{key}.image"), &pool.image, e.to_string()));
+            match catalog.resolve(&pool.image, &req) {
+                // Registered images and aliases live in the store; the service checks those.
+                Ok(_) | Err(vmfleet_images::ImageError::Unknown(_)) => {}
+                Err(e) => return Err(err(&format!("{key}.image"), &pool.image, e.to_string())),
+            }
+            if !(pool.max_replace_share > 0.0 && pool.max_replace_share <= 1.0) {
+                return Err(err(
+                    &format!("{key}.max_replace_share"),
+                    "max_replace_share",
+                    format!("{} is not a share above 0 and at most 1", pool.max_replace_share),
+                ));
             }
             if let Some(max) = pool.max_instances {
                 if max < pool.min_idle {

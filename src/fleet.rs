@@ -218,14 +218,17 @@ impl Fleet {
         self.wake.notify_one();
     }
 
-    fn new_vm(
+    /// What a pool's image resolves to now for the provider (an AMI of the region on EC2,
+    /// `name:version` locally), and its platform.
+    ///
+    /// # Errors
+    /// [`FleetError::BadRequest`] naming an unknown class or image, or why the image does not fit.
+    fn resolve_image(
         &self,
         executor: Executor,
         image: &str,
         resource_class: &str,
-        task_id: Option<&str>,
-        now: i64,
-    ) -> Result<VmRow, FleetError> {
+    ) -> Result<(String, &'static str), FleetError> {
         let rc = self
             .config
             .resource_classes
@@ -250,6 +253,18 @@ impl Fleet {
                 .map_err(|e| FleetError::BadRequest(e.to_string()))?
                 .to_string(),
         };
+        Ok((image_id, platform))
+    }
+
+    fn new_vm(
+        &self,
+        executor: Executor,
+        image: &str,
+        resource_class: &str,
+        task_id: Option<&str>,
+        now: i64,
+    ) -> Result<VmRow, FleetError> {
+        let (image_id, platform) = self.resolve_image(executor, image, resource_class)?;
         let id = format!("vm-{}", short_id());
         let keys = ssh::generate_keypair(&id).map_err(|e| FleetError::Internal(e.to_string()))?;
         Ok(VmRow {
@@ -266,7 +281,7 @@ impl Fleet {
             instance_type: self
                 .instance_types(&pool_key(executor.as_str(), image, resource_class), resource_class)
                 .swap_remove(0),
-            platform: platform.into(),
+            platform: platform.to_string(),
             zone: None,
             host: None,
             ssh_port: None,
@@ -770,12 +785,16 @@ impl Fleet {
         let mut pools = Vec::new();
         for p in &self.config.pools {
             let key = pool_key(p.executor.as_str(), &p.image, &p.resource_class);
+            // A promotion changes what the pool's image resolves to; idle VMs on the old one are
+            // outdated. (A pool whose image no longer resolves keeps its VMs.)
+            let current = self.resolve_image(p.executor, &p.image, &p.resource_class).ok().map(|(id, _)| id);
             let mut obs = vmfleet_scaler::PoolObservation { pool: key.clone(), ..Default::default() };
             for vm in vms.iter().filter(|v| v.pool == key) {
                 match vm.vm_state() {
                     Some(VmState::Ready) if !vm.draining => obs.idle.push(vmfleet_scaler::IdleVm {
                         vm_id: vm.id.clone(),
                         ready_at_ms: vm.ready_at.unwrap_or(vm.requested_at),
+                        outdated: current.as_ref().is_some_and(|c| *c != vm.image_id),
                     }),
                     Some(VmState::Requested | VmState::Provisioning | VmState::Booting) if vm.task_id.is_none() => {
                         obs.starting += 1
@@ -791,7 +810,12 @@ impl Fleet {
                 .filter(|(pool, state, _)| *pool == key && state == "waiting")
                 .map(|(_, _, n)| *n as u32)
                 .sum();
-            pools.push((obs, vmfleet_scaler::PoolPolicy { min_idle: p.min_idle, max_instances: p.max_instances }));
+            let policy = vmfleet_scaler::PoolPolicy {
+                min_idle: p.min_idle,
+                max_instances: p.max_instances,
+                max_replace_share: p.max_replace_share,
+            };
+            pools.push((obs, policy));
         }
         // Instances outside configured pools count against the fleet bound too.
         let configured: HashSet<&str> = pools.iter().map(|(o, _)| o.pool.as_str()).collect();
@@ -806,7 +830,14 @@ impl Fleet {
                 vmfleet_scaler::ScaleAction::Launch { pool, count, reason } => {
                     let Some(p) = self.pool_config(&pool) else { continue };
                     for _ in 0..count {
-                        let vm = self.new_vm(p.executor, &p.image, &p.resource_class, None, now_ms())?;
+                        let vm = match self.new_vm(p.executor, &p.image, &p.resource_class, None, now_ms()) {
+                            Ok(vm) => vm,
+                            // One misconfigured pool must not stop the others.
+                            Err(e) => {
+                                warn!(%pool, error = %e, "cannot launch for this pool");
+                                break;
+                            }
+                        };
                         self.store.insert_vm(&vm).await?;
                     }
                     info!(%pool, count, %reason, "warm launch");

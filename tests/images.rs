@@ -97,23 +97,17 @@ async fn gpu_and_windows_classes_resolve_to_their_amis_and_instance_types() {
     let mut config = common::test_config(dir.path());
     config.provider.kind = vmfleet::config::ProviderKind::Ec2;
     config.provider.ec2.region = "us-west-2".into();
+    // Nothing here may reach AWS or the instance metadata service: a dead loopback endpoint and
+    // static credentials, so that no call and no credential lookup leaves the machine.
     config.provider.ec2.endpoint_url = Some("http://127.0.0.1:9".into());
+    config.provider.ec2.access_key_id = Some("testing".into());
+    config.provider.ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
     config.images.custom_windows = BTreeMap::from([("us-west-2".into(), "ami-0ffffff1".into())]);
+    config.images.custom_gpu =
+        BTreeMap::from([("us-west-2".into(), "ami-0c0ffee1".into()), ("us-east-1".into(), "ami-0c0ffee2".into())]);
     let store = common::sqlite_store(dir.path()).await;
     let provider = vmfleet::fleet::build_provider(&config).await.expect("provider");
     let fleet = Fleet::new(config, store, provider).await.expect("fleet");
-    let gpu = RegisterImage {
-        name: "cuda".into(),
-        version: "12".into(),
-        kind: "gpu".into(),
-        arch: "x86_64".into(),
-        amis: BTreeMap::from([
-            ("us-west-2".into(), "ami-0c0ffee1".into()),
-            ("us-east-1".into(), "ami-0c0ffee2".into()),
-        ]),
-    };
-    fleet.register_image(&gpu, "test").await.expect("register");
-    fleet.promote_image("cuda", "12", Some("gpu-default"), "test").await.expect("promote");
     let req = |image: &str, class: &str| TaskRequest {
         executor: "machine".into(),
         image: image.into(),
@@ -144,4 +138,77 @@ async fn gpu_and_windows_classes_resolve_to_their_amis_and_instance_types() {
     }
     let err = fleet.request_task(&req("nope", "gpu.nvidia.small")).await.expect_err("unknown");
     assert!(err.to_string().contains("unknown image"), "{err}");
+}
+
+/// A promotion rolls a warm pool over to the new version without the ready count dropping below
+/// target, and a VM busy with a task finishes on the old version.
+#[tokio::test]
+async fn promotion_replaces_idle_warm_vms_and_leaves_busy_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(dir.path());
+    let yaml = "pools:\n  - {executor: machine, image: ci, min_idle: 2, max_replace_share: 0.5}\n";
+    config.pools = vmfleet::config::Config::parse(yaml, "t", Vec::<(String, String)>::new())
+        .expect("pool on a registered alias")
+        .pools;
+    let running = vmfleet::server::start(config, None).await.expect("start");
+    let fleet = running.fleet.clone();
+    for v in ["1", "2"] {
+        let r = RegisterImage {
+            name: "ci".into(),
+            version: v.into(),
+            kind: "linux".into(),
+            arch: "x86_64".into(),
+            amis: BTreeMap::from([("us-east-1".into(), "ami-0a1b2c3d".into())]),
+        };
+        fleet.register_image(&r, "t").await.expect("register");
+    }
+    fleet.promote_image("ci", "1", None, "t").await.expect("promote 1");
+    let ready = |version: &'static str| {
+        let fleet = fleet.clone();
+        async move {
+            let vms = fleet.store.vms(&[vmfleet::store::VmState::Ready]).await.expect("vms");
+            vms.iter().filter(|v| v.image_id == format!("ci:{version}")).count()
+        }
+    };
+    common::eventually(60, || async { (ready("1").await == 2).then_some(()) }).await;
+    // One VM goes to a task before the promotion.
+    let busy = fleet
+        .request_task(&TaskRequest {
+            executor: "machine".into(),
+            image: "ci".into(),
+            resource_class: "medium".into(),
+            project: "p".into(),
+            docker_layer_caching: false,
+        })
+        .await
+        .expect("task");
+    assert_eq!(busy.state, "assigned");
+    common::eventually(60, || async { (ready("1").await == 2).then_some(()) }).await;
+    fleet.promote_image("ci", "2", None, "t").await.expect("promote 2");
+    // From now on a new task gets the new version, even while old idle VMs remain.
+    let fresh = fleet
+        .request_task(&TaskRequest {
+            executor: "machine".into(),
+            image: "ci".into(),
+            resource_class: "medium".into(),
+            project: "p".into(),
+            docker_layer_caching: false,
+        })
+        .await
+        .expect("task");
+    assert_eq!(fleet.store.vm(fresh.vm_id.as_deref().expect("vm")).await.expect("vm").image_id, "ci:2");
+    // Watch the rollout: the pool never has fewer than two ready VMs.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (old, new) = (ready("1").await, ready("2").await);
+        assert!(old + new >= 2, "ready count fell to {}", old + new);
+        if old == 0 && new == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout did not finish: {old} old, {new} new");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let vm = fleet.store.vm(busy.vm_id.as_deref().expect("vm")).await.expect("vm");
+    assert_eq!((vm.state.as_str(), vm.image_id.as_str()), ("assigned", "ci:1"), "the busy VM is untouched");
+    running.shutdown.trigger();
 }

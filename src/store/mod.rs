@@ -333,9 +333,9 @@ impl Store {
 
     // ---- tasks and assignment ----
 
-    /// Records a task and gives it a VM in one transaction: an idle VM of its pool if there is
-    /// one (handed over at once unless the task needs a DLC volume attached first), else the
-    /// on-demand VM `on_demand`, reserved for the task.
+    /// Records a task and gives it a VM in one transaction: an idle VM of its pool built from
+    /// `on_demand.image_id` if there is one (handed over at once unless the task needs a DLC
+    /// volume attached first), else the on-demand VM `on_demand`, reserved for the task.
     ///
     /// # Guarantees
     /// Two concurrent calls never take the same idle VM.
@@ -352,7 +352,7 @@ impl Store {
         let claim = format!(
             "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
              WHERE id = (SELECT id FROM vms WHERE pool = $3 AND state = 'ready' AND NOT draining \
-             ORDER BY ready_at, id LIMIT 1{}) AND state = 'ready' RETURNING *",
+             AND image_id = $4 ORDER BY ready_at, id LIMIT 1{}) AND state = 'ready' RETURNING *",
             self.lock_clause()
         );
         Ok(in_tx!(&self.db, |tx| {
@@ -360,8 +360,15 @@ impl Store {
             if let Some(e) = audit {
                 insert_audit!(&mut *tx, e)?;
             }
-            let claimed: Option<VmRow> =
-                sqlx::query_as(&claim).bind(&task.id).bind(now).bind(&task.pool).fetch_optional(&mut *tx).await?;
+            // Only a VM of the image the pool resolves to now: after a promotion, new tasks get
+            // the new version while outdated VMs wait to be replaced.
+            let claimed: Option<VmRow> = sqlx::query_as(&claim)
+                .bind(&task.id)
+                .bind(now)
+                .bind(&task.pool)
+                .bind(&on_demand.image_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             match claimed {
                 Some(vm) => {
                     let handed = !task.dlc;
