@@ -525,4 +525,27 @@ async fn registration_checks_the_ami_with_describe_images() {
         assert!(matches!(err, vmfleet::fleet::FleetError::BadRequest(_)) && err.to_string().contains(why), "{err}");
     }
     assert_eq!(fleet.catalog().images().iter().filter(|i| i.name == "img").count(), 2, "refused versions are not kept");
+
+    // Registered, promoted, resolved in the region: GPU and Windows classes get their AMIs and
+    // instance types. (No reconcile loop runs here, so nothing is launched.)
+    fleet.register_image(&reg("gpu-1", "gpu", "x86_64", &e.ami), "t").await.expect("gpu image");
+    fleet.promote_image("img", "gpu-1", Some("gpu-default"), "t").await.expect("promote gpu");
+    fleet.promote_image("img", "2", Some("windows-default"), "t").await.expect("promote windows");
+    let task = |image: &str, class: &str| vmfleet::fleet::TaskRequest {
+        executor: "machine".into(),
+        image: image.into(),
+        resource_class: class.into(),
+        project: "p".into(),
+        docker_layer_caching: false,
+    };
+    for (image, class, ami, instance_type) in [
+        ("gpu-default", "gpu.nvidia.small", e.ami.as_str(), "g4dn.xlarge"),
+        ("windows-default", "windows.medium", windows_ami.as_str(), "m5.xlarge"),
+    ] {
+        let t = fleet.request_task(&task(image, class)).await.expect(class);
+        let vm = fleet.store.vm(t.vm_id.as_deref().expect("vm")).await.expect("vm");
+        assert_eq!((vm.image_id.as_str(), vm.instance_type.as_str()), (ami, instance_type), "{class}");
+    }
+    let err = fleet.request_task(&task("img:1", "gpu.nvidia.small")).await.expect_err("not a GPU image");
+    assert!(err.to_string().contains("GPU"), "{err}");
 }
