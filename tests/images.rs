@@ -172,30 +172,19 @@ async fn promotion_replaces_idle_warm_vms_and_leaves_busy_ones() {
     };
     common::eventually(60, || async { (ready("1").await == 2).then_some(()) }).await;
     // One VM goes to a task before the promotion.
-    let busy = fleet
-        .request_task(&TaskRequest {
-            executor: "machine".into(),
-            image: "ci".into(),
-            resource_class: "medium".into(),
-            project: "p".into(),
-            docker_layer_caching: false,
-        })
-        .await
-        .expect("task");
+    let on_ci = TaskRequest {
+        executor: "machine".into(),
+        image: "ci".into(),
+        resource_class: "medium".into(),
+        project: "p".into(),
+        docker_layer_caching: false,
+    };
+    let busy = fleet.request_task(&on_ci).await.expect("task");
     assert_eq!(busy.state, "assigned");
     common::eventually(60, || async { (ready("1").await == 2).then_some(()) }).await;
     fleet.promote_image("ci", "2", None, "t").await.expect("promote 2");
     // From now on a new task gets the new version, even while old idle VMs remain.
-    let fresh = fleet
-        .request_task(&TaskRequest {
-            executor: "machine".into(),
-            image: "ci".into(),
-            resource_class: "medium".into(),
-            project: "p".into(),
-            docker_layer_caching: false,
-        })
-        .await
-        .expect("task");
+    let fresh = fleet.request_task(&on_ci).await.expect("task");
     assert_eq!(fleet.store.vm(fresh.vm_id.as_deref().expect("vm")).await.expect("vm").image_id, "ci:2");
     // Watch the rollout: the pool never has fewer than two ready VMs.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);

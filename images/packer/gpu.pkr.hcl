@@ -1,7 +1,7 @@
 # vmfleet example: a GPU machine image with the CUDA driver baked in, so that jobs do not pay for
 # the installation at boot. The steps are the operations guide's "Running GPU Executors" ones;
 # pick the CUDA repository package that matches your base image and GPU.
-# Build:    packer init . && packer build -var region=us-east-1 gpu.pkr.hcl
+# Build:    packer init gpu.pkr.hcl && packer build -var region=us-east-1 gpu.pkr.hcl
 # Register: vmfleet images register --packer-manifest packer-manifest.json --name cuda --version 12-01 --kind gpu
 #           vmfleet images promote cuda 12-01 --alias gpu-default
 

@@ -1,5 +1,5 @@
 # vmfleet example: a Linux machine / remote-Docker image (Docker, docker-compose, the circleci user).
-# Build:    packer init . && packer build -var region=us-east-1 linux.pkr.hcl
+# Build:    packer init linux.pkr.hcl && packer build -var region=us-east-1 linux.pkr.hcl
 # Register: vmfleet images register --packer-manifest packer-manifest.json --name ubuntu-2204 --version "$(date +%Y%m)-01" --kind linux
 
 packer {

@@ -1,6 +1,6 @@
 # vmfleet example: a Windows machine image. vmfleet's user data enables OpenSSH Server with each
 # VM's key at boot; this image adds what jobs need and prepares the circleci user.
-# Build:    packer init . && packer build -var region=us-east-1 windows.pkr.hcl
+# Build:    packer init windows.pkr.hcl && packer build -var region=us-east-1 windows.pkr.hcl
 # Register: vmfleet images register --packer-manifest packer-manifest.json --name windows-2022 --version 2022-01 --kind windows
 #           vmfleet images promote windows-2022 2022-01 --alias windows-default
 

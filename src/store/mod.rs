@@ -273,9 +273,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Migrate`].
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        // One set of migrations: the SQL is valid on both backends. Should one ever differ,
+        // per-backend directories can take its place.
+        let migrator = sqlx::migrate!("./migrations");
         match &self.db {
-            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
-            Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+            Db::Sqlite(p) => migrator.run(p).await?,
+            Db::Postgres(p) => migrator.run(p).await?,
         }
         Ok(())
     }

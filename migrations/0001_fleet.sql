@@ -1,4 +1,4 @@
--- vmfleet schema (PostgreSQL). Times are milliseconds since the Unix epoch.
+-- vmfleet schema, for SQLite and PostgreSQL alike. Times are milliseconds since the Unix epoch.
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
