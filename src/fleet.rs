@@ -855,8 +855,35 @@ impl Fleet {
         Ok(())
     }
 
-    /// Garbage collection: stuck, lost, leaked and orphaned.
+    /// Garbage collection within the reconcile pass, on the instances it already described.
     async fn collect(&self, instances: &[vmfleet_provisioner::Instance], now: i64) -> Result<(), FleetError> {
+        for action in self.gc_plan(instances, now, self.config.gc.orphan_grace).await? {
+            self.apply_gc(&action).await?;
+        }
+        Ok(())
+    }
+
+    /// What the collector would do now: observe (one describe), plan. `orphan_grace` overrides the
+    /// configured grace for this pass.
+    ///
+    /// # Errors
+    /// Store or provider errors.
+    pub async fn gc_dry_run(&self, orphan_grace: Option<Duration>) -> Result<Vec<vmfleet_gc::GcAction>, FleetError> {
+        let instances = self
+            .provider
+            .describe(&self.install_id)
+            .await
+            .map_err(|e| FleetError::Internal(format!("describe instances: {e}")))?;
+        self.gc_plan(&instances, now_ms(), orphan_grace.unwrap_or(self.config.gc.orphan_grace)).await
+    }
+
+    /// Stuck, lost, leaked and orphaned: the `gc` planner over the store and `instances`.
+    async fn gc_plan(
+        &self,
+        instances: &[vmfleet_provisioner::Instance],
+        now: i64,
+        orphan_grace: Duration,
+    ) -> Result<Vec<vmfleet_gc::GcAction>, FleetError> {
         // Live VMs, plus the few finished ones whose instance the provider still reports: not the
         // whole history, which grows without bound.
         let mut vms = self.store.live_vms().await?;
@@ -881,13 +908,10 @@ impl Fleet {
         let settings = vmfleet_gc::Settings {
             vm_start_timeout_ms: self.config.timeouts.vm_start.as_millis() as i64,
             long_running_task_timeout_ms: self.config.timeouts.long_running_task.as_millis() as i64,
-            orphan_grace_ms: self.config.gc.orphan_grace.as_millis() as i64,
+            orphan_grace_ms: orphan_grace.as_millis() as i64,
             retire_grace_ms: 60_000,
         };
-        for action in vmfleet_gc::plan(&records, &cloud, now, &settings, self.config.gc.budget) {
-            self.apply_gc(&action).await?;
-        }
-        Ok(())
+        Ok(vmfleet_gc::plan(&records, &cloud, now, &settings, self.config.gc.budget))
     }
 
     /// Carries out one collector action.

@@ -51,6 +51,15 @@ enum Cmd {
     /// Image catalog: register from packer, promote, roll back.
     #[command(subcommand)]
     Images(ImagesCmd),
+    /// One garbage-collection pass: stuck, lost, leaked and orphaned VMs and instances.
+    Gc {
+        /// Print what would be done, and why, without doing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override the orphan grace for this pass (such as 0s or 10m).
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        orphan_grace: Option<Duration>,
+    },
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -464,6 +473,34 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             let api = client(&cli, &config)?;
             return images(&api, c).await;
+        }
+        Cmd::Gc { dry_run, orphan_grace } => {
+            let config = load_config(cli.config.as_deref())?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = vmfleet::store::Store::open(&config.database_url(), 2).await?;
+            let provider = vmfleet::fleet::build_provider(&config).await?;
+            let fleet = vmfleet::fleet::Fleet::new(config, store, provider).await?;
+            let actions = fleet.gc_dry_run(*orphan_grace).await?;
+            if actions.is_empty() {
+                println!("nothing to collect");
+            }
+            for a in &actions {
+                let what = match a {
+                    vmfleet_gc::GcAction::FailVm { vm_id, instance_id, .. } => {
+                        format!(
+                            "fail {vm_id}{}",
+                            instance_id.as_ref().map(|i| format!(" and terminate {i}")).unwrap_or_default()
+                        )
+                    }
+                    vmfleet_gc::GcAction::TerminateInstance { instance_id, .. } => format!("terminate {instance_id}"),
+                    vmfleet_gc::GcAction::MarkLost { vm_id, .. } => format!("mark {vm_id} lost"),
+                };
+                let verb = if *dry_run { "would" } else { "will" };
+                println!("{verb} {what}: {}", a.reason());
+                if !*dry_run {
+                    fleet.apply_gc(a).await?;
+                }
+            }
         }
         Cmd::Tokens(TokensCmd::Hash) => {
             let mut token = String::new();

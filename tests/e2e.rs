@@ -233,3 +233,54 @@ fn images_register_from_a_packer_manifest_promote_and_roll_back() {
         .iter()
         .all(|i| i["name"] != "bad"));
 }
+
+#[test]
+fn gc_dry_run_explains_and_gc_reaps_only_our_orphans() {
+    use vmfleet_provisioner::{local::LocalProvider, LaunchSpec, Platform, Provider};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("vmfleet.yaml");
+    std::fs::write(&config, format!("data_dir: {}\ninstall_id: gc-test\n", dir.path().display())).expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let provider = LocalProvider::new(dir.path().join("local"), BIN).expect("provider");
+    let launch = |install: &str, vm: &str| {
+        let spec = LaunchSpec {
+            vm_id: vm.into(),
+            install_id: install.into(),
+            pool: "machine/default/medium".into(),
+            image_id: "circleci-vm:test".into(),
+            instance_type: "local".into(),
+            fallback_instance_types: vec![],
+            capacity: Default::default(),
+            platform: Platform::Linux,
+            ssh_user: "circleci".into(),
+            ssh_public_key: vmfleet_provisioner::ssh::generate_keypair("k").expect("key").public_openssh,
+            tags: Default::default(),
+        };
+        rt.block_on(provider.launch(&spec)).expect("launch").instance_id
+    };
+    let ours = launch("gc-test", "vm-orphan");
+    let theirs = launch("someone-else", "vm-theirs");
+    let gc = |args: &[&str]| {
+        let out = Command::new(BIN).arg("--config").arg(&config).arg("gc").args(args).output().expect("gc");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let exists = |id: &str| dir.path().join("local/instances").join(id).exists();
+
+    assert_eq!(gc(&["--dry-run"]).trim(), "nothing to collect", "young orphans are spared by the grace");
+    let plan = gc(&["--dry-run", "--orphan-grace", "0s"]);
+    assert!(
+        plan.contains(&format!(
+            "would terminate {ours}: instance {ours} is tagged with this installation but unknown to the store"
+        )),
+        "{plan}"
+    );
+    assert!(!plan.contains(&theirs), "another installation's instance is never named: {plan}");
+    assert!(exists(&ours), "a dry run changes nothing");
+    let done = gc(&["--orphan-grace", "0s"]);
+    assert!(done.contains(&format!("will terminate {ours}")), "{done}");
+    assert!(!exists(&ours), "the orphan is gone");
+    assert!(exists(&theirs), "another installation's instance survives");
+    assert_eq!(gc(&["--dry-run", "--orphan-grace", "0s"]).trim(), "nothing to collect");
+    rt.block_on(provider.terminate(&[theirs])).expect("clean up");
+}
