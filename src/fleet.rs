@@ -316,6 +316,9 @@ impl Fleet {
             FleetError::BadRequest(format!("unknown executor {:?}; use machine or remote-docker", req.executor))
         })?;
         validate_project(&req.project)?;
+        if self.store.paused().await? {
+            return Err(FleetError::Conflict("the fleet is paused for a reset; try again shortly".into()));
+        }
         let now = now_ms();
         let task = TaskRow {
             id: format!("task-{}", short_id()),
@@ -778,7 +781,7 @@ impl Fleet {
 
     /// Warm pools: observe, plan with the scaler, re-check, act.
     async fn scale(&self, vms: &[VmRow]) -> Result<(), FleetError> {
-        if self.config.pools.is_empty() {
+        if self.config.pools.is_empty() || self.store.paused().await? {
             return Ok(());
         }
         let counts = self.store.counts().await?;
@@ -1116,6 +1119,58 @@ impl Fleet {
         self.store.set_alias(alias, target, actor, now_ms().max(last + 1)).await?;
         self.refresh_catalog().await?;
         Ok(())
+    }
+}
+
+/// What `vmfleet reset` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ResetReport {
+    /// Instances tagged with this installation that were terminated.
+    pub instances_terminated: Vec<String>,
+    /// Volumes tagged with this installation that were deleted.
+    pub volumes_deleted: Vec<String>,
+    /// Records cleared: tasks, volumes, VMs.
+    pub records_cleared: (u64, u64, u64),
+}
+
+impl Fleet {
+    /// Tasks waiting or holding a VM.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn active_tasks(&self) -> Result<i64, FleetError> {
+        let c = self.store.counts().await?;
+        Ok(c.tasks.iter().map(|(_, _, n)| n).sum())
+    }
+
+    /// The recovery the operations guide did by hand: pause assignment and preallocation,
+    /// terminate every instance and delete every volume tagged with this installation, clear the
+    /// fleet's records, resume. The caller checks for running tasks first.
+    ///
+    /// # Errors
+    /// Store or provider errors; the fleet stays paused when a step fails, so it can be rerun.
+    pub async fn reset(&self) -> Result<ResetReport, FleetError> {
+        let cloud = |e: ProvisionError| FleetError::Internal(e.to_string());
+        self.store.set_paused(true).await?;
+        let mut report = ResetReport::default();
+        let instances = self.provider.describe(&self.install_id).await.map_err(cloud)?;
+        report.instances_terminated = instances.iter().map(|i| i.instance_id.clone()).collect();
+        self.provider.terminate(&report.instances_terminated).await.map_err(cloud)?;
+        for v in self.provider.describe_volumes(&self.install_id).await.map_err(cloud)? {
+            if let Some(i) = &v.attached_to {
+                match self.provider.detach_volume(&v.provider_id, i).await {
+                    Ok(()) | Err(ProvisionError::NotFound(_)) => {}
+                    Err(e) => return Err(cloud(e)),
+                }
+            }
+            self.provider.delete_volume(&v.provider_id).await.map_err(cloud)?;
+            report.volumes_deleted.push(v.provider_id);
+        }
+        report.records_cleared = self.store.clear_fleet().await?;
+        let payload = serde_json::to_string(&report).unwrap_or_default();
+        self.audit("fleet.reset", "cli", &self.install_id, &payload).await;
+        self.store.set_paused(false).await?;
+        Ok(report)
     }
 }
 

@@ -60,6 +60,16 @@ enum Cmd {
         #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
         orphan_grace: Option<Duration>,
     },
+    /// Start the fleet over: terminate every instance and volume tagged with this installation
+    /// and clear the task, volume and VM records.
+    Reset {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Even while tasks are waiting or running (they lose their VMs).
+        #[arg(long)]
+        force: bool,
+    },
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -501,6 +511,33 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     fleet.apply_gc(a).await?;
                 }
             }
+        }
+        Cmd::Reset { yes, force } => {
+            let config = load_config(cli.config.as_deref())?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = vmfleet::store::Store::open(&config.database_url(), 2).await?;
+            let provider = vmfleet::fleet::build_provider(&config).await?;
+            let fleet = vmfleet::fleet::Fleet::new(config, store, provider).await?;
+            let active = fleet.active_tasks().await?;
+            if active > 0 && !*force {
+                bail!("{active} tasks are waiting or running; they would lose their VMs (use --force to reset anyway)");
+            }
+            if !*yes {
+                eprint!(
+                    "This terminates every instance and volume of installation {} and clears its records. Type 'yes': ",
+                    fleet.install_id
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    bail!("not confirmed; nothing was changed");
+                }
+            }
+            let r = fleet.reset().await?;
+            println!("terminated {} instances: {}", r.instances_terminated.len(), r.instances_terminated.join(" "));
+            println!("deleted {} volumes: {}", r.volumes_deleted.len(), r.volumes_deleted.join(" "));
+            let (t, v, m) = r.records_cleared;
+            println!("cleared {t} task, {v} volume and {m} VM records; assignment and preallocation resumed");
         }
         Cmd::Tokens(TokensCmd::Hash) => {
             let mut token = String::new();

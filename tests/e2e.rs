@@ -284,3 +284,36 @@ fn gc_dry_run_explains_and_gc_reaps_only_our_orphans() {
     assert_eq!(gc(&["--dry-run", "--orphan-grace", "0s"]).trim(), "nothing to collect");
     rt.block_on(provider.terminate(&[theirs])).expect("clean up");
 }
+
+#[test]
+fn reset_refuses_while_tasks_run_then_leaves_nothing_tagged() {
+    let s = serve();
+    let (t, port, key) = s.request("gh/acme/app", true);
+    assert!(openssh(&key, port, "true").status.success());
+    let out = s.cli(&["reset", "--yes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 tasks are waiting or running"), "{out:?}");
+    // Without --yes and without a 'yes' on standard input, nothing happens.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&s.config)
+        .args(["reset", "--force"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("reset");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not confirmed"));
+    assert!(openssh(&key, port, "true").status.success(), "still running");
+
+    let report = s.cli_ok(&["reset", "--yes", "--force"]);
+    assert!(report.contains("terminated 1 instances") && report.contains("deleted 1 volumes"), "{report}");
+    assert!(report.contains("cleared 1 task, 1 volume and 1 VM records"), "{report}");
+    assert!(!openssh(&key, port, "true").status.success(), "the VM is gone");
+    let instances = s.dir.path().join("local/instances");
+    assert_eq!(std::fs::read_dir(&instances).expect("dir").count(), 0, "no instance of ours is left");
+    assert_eq!(std::fs::read_dir(s.dir.path().join("local/volumes")).expect("dir").count(), 0, "no volume left");
+    assert!(s.json(&["vms", "list", "--json"]).as_array().expect("vms").is_empty());
+    assert!(s.cli(&["tasks", "show", t["id"].as_str().expect("id")]).status.code() != Some(0));
+    // The fleet works again afterwards.
+    let (_, port, key) = s.request("gh/acme/app", false);
+    assert!(openssh(&key, port, "true").status.success());
+}

@@ -839,6 +839,43 @@ impl Store {
         Ok(())
     }
 
+    // ---- pause and reset ----
+
+    /// Whether assignment and preallocation are paused (during a reset).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn paused(&self) -> Result<bool, StoreError> {
+        let sql = "SELECT value FROM meta WHERE key = 'paused'";
+        let v: Option<String> = with_pool!(&self.db, |p| sqlx::query_scalar(sql).fetch_optional(p).await)?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    /// Pauses or resumes assignment and preallocation.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        let sql = "INSERT INTO meta (key, value) VALUES ('paused', $1) ON CONFLICT (key) DO UPDATE SET value = $1";
+        let v = if paused { "1" } else { "0" };
+        with_pool!(&self.db, |p| sqlx::query(sql).bind(v).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Deletes every task, volume and VM record (tokens, images and the audit log stay).
+    /// Returns how many of each went.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn clear_fleet(&self) -> Result<(u64, u64, u64), StoreError> {
+        Ok(in_tx!(&self.db, |tx| {
+            let t = sqlx::query("DELETE FROM tasks").execute(&mut *tx).await?.rows_affected();
+            let v = sqlx::query("DELETE FROM volumes").execute(&mut *tx).await?.rows_affected();
+            let m = sqlx::query("DELETE FROM vms").execute(&mut *tx).await?.rows_affected();
+            (t, v, m)
+        }))
+    }
+
     // ---- remote Docker TLS ----
 
     /// The installation's Docker CA: the stored one, or `fresh` if there is none yet (the first
