@@ -316,9 +316,6 @@ impl Fleet {
             FleetError::BadRequest(format!("unknown executor {:?}; use machine or remote-docker", req.executor))
         })?;
         validate_project(&req.project)?;
-        if self.store.paused().await? {
-            return Err(FleetError::Conflict("the fleet is paused for a reset; try again shortly".into()));
-        }
         let now = now_ms();
         let task = TaskRow {
             id: format!("task-{}", short_id()),

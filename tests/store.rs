@@ -37,6 +37,7 @@ both!(
     volume_delete_refused_while_attached,
     transitions_are_conditional,
     tokens_are_found_by_hash,
+    paused_fleet_refuses_requests_and_clear_empties_it,
 );
 
 fn task(project: &str, dlc: bool) -> TaskRow {
@@ -241,4 +242,19 @@ async fn tokens_are_found_by_hash(s: Store) {
     assert_eq!(s.token_by_hash("zzz").await.expect("get"), None);
     assert!(matches!(s.insert_token("ci", "def", "agent", now_ms()).await, Err(StoreError::Conflict(_))));
     assert!(s.token_exists("ci").await.expect("exists"));
+}
+
+async fn paused_fleet_refuses_requests_and_clear_empties_it(s: Store) {
+    let t = task("p", false);
+    s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request");
+    s.set_paused(true).await.expect("pause");
+    assert!(s.paused().await.expect("paused"));
+    let t2 = task("p", false);
+    let refused = s.request_task(&t2, &vm_row(POOL, "requested", Some(&t2.id)), None).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert!(matches!(s.task(&t2.id).await, Err(StoreError::NotFound(_))), "nothing half-written");
+    assert_eq!(s.clear_fleet().await.expect("clear"), (1, 0, 1));
+    s.set_paused(false).await.expect("resume");
+    let t3 = task("p", false);
+    s.request_task(&t3, &vm_row(POOL, "requested", Some(&t3.id)), None).await.expect("request after resume");
 }

@@ -344,7 +344,7 @@ impl Store {
     /// Two concurrent calls never take the same idle VM.
     ///
     /// # Errors
-    /// [`StoreError::Db`].
+    /// [`StoreError::Conflict`] while the fleet is paused for a reset; [`StoreError::Db`].
     pub async fn request_task(
         &self,
         task: &TaskRow,
@@ -359,6 +359,12 @@ impl Store {
             self.lock_clause()
         );
         Ok(in_tx!(&self.db, |tx| {
+            // In the same transaction as the assignment, so a reset cannot interleave.
+            let paused: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'paused'").fetch_optional(&mut *tx).await?;
+            if paused.as_deref() == Some("1") {
+                return Err(StoreError::Conflict("the fleet is paused for a reset; try again shortly".into()));
+            }
             insert_task!(&mut *tx, task)?;
             if let Some(e) = audit {
                 insert_audit!(&mut *tx, e)?;
