@@ -107,7 +107,8 @@ fn fleet_new_ready_vm(fleet: &Fleet, now: i64) -> anyhow::Result<crate::store::V
         state: VmState::Requested.as_str().into(),
         task_id: None,
         instance_id: Some("bench".into()),
-        image_id: "bench".into(),
+        // What the pool resolves to now: assignment only takes VMs of the current image.
+        image_id: fleet.resolve_image(vmfleet_images::Executor::Machine, "default", "medium")?.0,
         instance_type: rc.instance_type.clone(),
         platform: "linux".into(),
         zone: Some("bench".into()),

@@ -223,7 +223,7 @@ impl Fleet {
     ///
     /// # Errors
     /// [`FleetError::BadRequest`] naming an unknown class or image, or why the image does not fit.
-    fn resolve_image(
+    pub(crate) fn resolve_image(
         &self,
         executor: Executor,
         image: &str,
