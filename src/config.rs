@@ -340,6 +340,14 @@ pub struct GcConfig {
     pub orphan_grace: Duration,
     /// Most actions in one pass.
     pub budget: usize,
+    /// How often the collector runs inside the reconcile loop.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A task still waiting for a VM after this is failed with that reason.
+    #[serde(with = "humantime_serde")]
+    pub task_wait_limit: Duration,
+    /// Most DLC volumes one project keeps; beyond it the least recently used available ones go.
+    pub volumes_per_project: usize,
 }
 
 impl Default for Config {
@@ -401,7 +409,13 @@ impl Default for VolumesConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        Self { orphan_grace: Duration::from_secs(600), budget: 50 }
+        Self {
+            orphan_grace: Duration::from_secs(600),
+            budget: 50,
+            interval: Duration::from_secs(30),
+            task_wait_limit: Duration::from_secs(3600),
+            volumes_per_project: 50,
+        }
     }
 }
 
@@ -601,6 +615,12 @@ impl Config {
         }
         if self.reconcile_interval.is_zero() {
             return Err(err("reconcile_interval", "reconcile_interval", "must be above zero".into()));
+        }
+        if self.gc.interval.is_zero() {
+            return Err(err("gc.interval", "interval", "must be above zero".into()));
+        }
+        if self.gc.volumes_per_project == 0 {
+            return Err(err("gc.volumes_per_project", "volumes_per_project", "must be at least 1".into()));
         }
         Ok(())
     }

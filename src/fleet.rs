@@ -96,6 +96,7 @@ pub struct Fleet {
     pub metrics: Metrics,
     wake: Notify,
     checking: Mutex<HashSet<String>>,
+    last_gc: Mutex<i64>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -166,6 +167,7 @@ impl Fleet {
             metrics: Metrics::default(),
             wake: Notify::new(),
             checking: Mutex::new(HashSet::new()),
+            last_gc: Mutex::new(0),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)
@@ -855,32 +857,45 @@ impl Fleet {
         Ok(())
     }
 
-    /// Garbage collection within the reconcile pass, on the instances it already described.
+    /// Garbage collection within the reconcile pass, on the instances it already described,
+    /// once every `gc.interval`.
     async fn collect(&self, instances: &[vmfleet_provisioner::Instance], now: i64) -> Result<(), FleetError> {
-        for action in self.gc_plan(instances, now, self.config.gc.orphan_grace).await? {
+        {
+            let mut last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
+            if now - *last < self.config.gc.interval.as_millis() as i64 {
+                return Ok(());
+            }
+            *last = now;
+        }
+        let volumes = self
+            .provider
+            .describe_volumes(&self.install_id)
+            .await
+            .map_err(|e| FleetError::Internal(format!("describe volumes: {e}")))?;
+        for action in self.gc_plan(instances, &volumes, now, self.config.gc.orphan_grace).await? {
             self.apply_gc(&action).await?;
         }
         Ok(())
     }
 
-    /// What the collector would do now: observe (one describe), plan. `orphan_grace` overrides the
-    /// configured grace for this pass.
+    /// What the collector would do now: observe (one describe of instances, one of volumes),
+    /// plan. `orphan_grace` overrides the configured grace for this pass.
     ///
     /// # Errors
     /// Store or provider errors.
     pub async fn gc_dry_run(&self, orphan_grace: Option<Duration>) -> Result<Vec<vmfleet_gc::GcAction>, FleetError> {
-        let instances = self
-            .provider
-            .describe(&self.install_id)
-            .await
-            .map_err(|e| FleetError::Internal(format!("describe instances: {e}")))?;
-        self.gc_plan(&instances, now_ms(), orphan_grace.unwrap_or(self.config.gc.orphan_grace)).await
+        let cloud = |what: &str, e: ProvisionError| FleetError::Internal(format!("describe {what}: {e}"));
+        let instances = self.provider.describe(&self.install_id).await.map_err(|e| cloud("instances", e))?;
+        let volumes = self.provider.describe_volumes(&self.install_id).await.map_err(|e| cloud("volumes", e))?;
+        self.gc_plan(&instances, &volumes, now_ms(), orphan_grace.unwrap_or(self.config.gc.orphan_grace)).await
     }
 
-    /// Stuck, lost, leaked and orphaned: the `gc` planner over the store and `instances`.
+    /// Stuck, lost, leaked and orphaned VMs and volumes, and tasks waiting too long: the `gc`
+    /// planner over the store and what the provider reported.
     async fn gc_plan(
         &self,
         instances: &[vmfleet_provisioner::Instance],
+        volumes: &[vmfleet_provisioner::Volume],
         now: i64,
         orphan_grace: Duration,
     ) -> Result<Vec<vmfleet_gc::GcAction>, FleetError> {
@@ -895,62 +910,158 @@ impl Fleet {
                 Err(e) => return Err(e.into()),
             }
         }
-        let records: Vec<vmfleet_gc::VmRecord> = vms.iter().filter_map(gc_record).collect();
-        let cloud: Vec<vmfleet_gc::CloudInstance> = instances
-            .iter()
-            .filter(|i| i.state != InstanceState::Terminated)
-            .map(|i| vmfleet_gc::CloudInstance {
-                instance_id: i.instance_id.clone(),
-                vm_id: i.vm_id.clone(),
-                launched_at_ms: i.launched_at_ms,
-            })
-            .collect();
+        let waiting = self.store.tasks(Some("waiting"), i64::MAX).await?;
+        let waiting_ids: HashSet<&str> = waiting.iter().map(|t| t.id.as_str()).collect();
+        let snap = vmfleet_gc::Snapshot {
+            vms: vms.iter().filter_map(|v| gc_record(v, &waiting_ids)).collect(),
+            instances: instances
+                .iter()
+                .filter(|i| i.state != InstanceState::Terminated)
+                .map(|i| vmfleet_gc::CloudInstance {
+                    instance_id: i.instance_id.clone(),
+                    vm_id: i.vm_id.clone(),
+                    launched_at_ms: i.launched_at_ms,
+                })
+                .collect(),
+            volumes: self.store.volumes(None).await?.iter().filter_map(gc_volume).collect(),
+            cloud_volumes: volumes
+                .iter()
+                .map(|v| vmfleet_gc::CloudVolume {
+                    provider_id: v.provider_id.clone(),
+                    volume_id: v.volume_id.clone(),
+                    attached_to: v.attached_to.clone(),
+                    created_at_ms: v.created_at_ms,
+                })
+                .collect(),
+            waiting: waiting
+                .iter()
+                .map(|t| vmfleet_gc::WaitingTask { task_id: t.id.clone(), created_at_ms: t.created_at })
+                .collect(),
+        };
         let settings = vmfleet_gc::Settings {
             vm_start_timeout_ms: self.config.timeouts.vm_start.as_millis() as i64,
             long_running_task_timeout_ms: self.config.timeouts.long_running_task.as_millis() as i64,
             orphan_grace_ms: orphan_grace.as_millis() as i64,
             retire_grace_ms: 60_000,
+            volume_inactivity_ms: self.config.timeouts.dlc_inactivity.as_millis() as i64,
+            volumes_per_project: self.config.gc.volumes_per_project,
+            task_wait_limit_ms: self.config.gc.task_wait_limit.as_millis() as i64,
         };
-        Ok(vmfleet_gc::plan(&records, &cloud, now, &settings, self.config.gc.budget))
+        Ok(vmfleet_gc::plan(&snap, now, &settings, self.config.gc.budget))
     }
 
-    /// Carries out one collector action.
+    /// Carries out one collector action and writes it, with its reason and outcome, to the
+    /// audit log.
     ///
     /// # Errors
-    /// Store errors; provider errors leave the record for the next pass.
+    /// Store errors; provider errors leave the record for the next pass (and are audited as
+    /// unsuccessful).
     pub async fn apply_gc(&self, action: &vmfleet_gc::GcAction) -> Result<(), FleetError> {
         use vmfleet_gc::GcAction;
         let now = now_ms();
-        match action {
+        let done = match action {
             GcAction::FailVm { vm_id, instance_id, reason } => {
-                if let Some(i) = instance_id {
-                    if let Err(e) = self.provider.terminate(std::slice::from_ref(i)).await {
-                        warn!(vm = %vm_id, error = %e, "terminate failed; will retry");
+                let terminated = match instance_id {
+                    Some(i) => self.provider.terminate(std::slice::from_ref(i)).await,
+                    None => Ok(()),
+                };
+                match terminated {
+                    Ok(()) => {
+                        self.store.fail_vm(vm_id, reason, now).await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            GcAction::TerminateInstance { instance_id, vm_id, .. } => {
+                match self.provider.terminate(std::slice::from_ref(instance_id)).await {
+                    Ok(()) => {
+                        if let Some(vm) = vm_id {
+                            let retiring = [VmState::Releasing, VmState::Terminating];
+                            self.store.transition(vm, &retiring, VmState::Terminated, now).await?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            GcAction::MarkLost { vm_id, requeue, reason } => {
+                let reason = format!("lost: {reason}");
+                match requeue {
+                    Some(task_id) => self.requeue(task_id, vm_id, &reason, now).await?,
+                    None => self.store.fail_vm(vm_id, &reason, now).await?,
+                }
+                Ok(())
+            }
+            GcAction::DeleteVolume { volume_id: Some(id), provider_id, .. } => {
+                // Re-check: only while still unused. A provider error leaves it `deleting`, and
+                // the deletion is retried on every pass until it succeeds.
+                match self.store.request_volume_delete(id, now).await {
+                    Ok(_) => match provider_id {
+                        Some(p) => match self.provider.delete_volume(p).await {
+                            Ok(()) => {
+                                self.store.set_volume_state(id, "deleted", now_ms()).await?;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        None => {
+                            self.store.set_volume_state(id, "deleted", now_ms()).await?;
+                            Ok(())
+                        }
+                    },
+                    Err(StoreError::Conflict(m)) | Err(StoreError::NotFound(m)) => {
+                        info!(volume = %id, "not collected: {m}");
                         return Ok(());
                     }
+                    Err(e) => return Err(e.into()),
                 }
-                self.store.fail_vm(vm_id, reason, now).await?;
-                self.audit("vm.terminate", "gc", vm_id, reason).await;
             }
-            GcAction::TerminateInstance { instance_id, vm_id, reason } => {
-                if let Err(e) = self.provider.terminate(std::slice::from_ref(instance_id)).await {
-                    warn!(instance = %instance_id, error = %e, "terminate failed; will retry");
-                    return Ok(());
-                }
-                if let Some(vm) = vm_id {
-                    let _ = self
-                        .store
-                        .transition(vm, &[VmState::Releasing, VmState::Terminating], VmState::Terminated, now)
-                        .await;
-                }
-                self.audit("vm.terminate", "gc", instance_id, reason).await;
+            GcAction::DeleteVolume { volume_id: None, provider_id, .. } => match provider_id {
+                Some(p) => self.provider.delete_volume(p).await,
+                None => Ok(()),
+            },
+            GcAction::ForgetVolume { volume_id, .. } => {
+                self.store.forget_volume(volume_id, now).await?;
+                Ok(())
             }
-            GcAction::MarkLost { vm_id, reason } => {
-                self.store.fail_vm(vm_id, &format!("lost: {reason}"), now).await?;
-                self.audit("vm.lost", "gc", vm_id, reason).await;
+            GcAction::FailTask { task_id, reason } => {
+                self.store.fail_task(task_id, reason, now).await?;
+                self.wake();
+                Ok(())
+            }
+        };
+        let mut e = self.event(action.audit_action(), "gc", &action.target(), action.reason());
+        match &done {
+            Ok(()) => info!(target = %action.target(), reason = action.reason(), "gc"),
+            Err(err) => {
+                warn!(target = %action.target(), error = %err, "gc action failed; will retry on the next pass");
+                e.success = false;
+                e.payload = format!("{}; failed: {err}", action.reason());
             }
         }
-        info!(reason = action.reason(), "gc");
+        if let Err(err) = self.store.audit(&e).await {
+            warn!(%err, "audit event not written");
+        }
+        Ok(())
+    }
+
+    /// Gives a task whose VM was lost before it started a new on-demand VM.
+    async fn requeue(&self, task_id: &str, lost_vm: &str, reason: &str, now: i64) -> Result<(), FleetError> {
+        let task = self.store.task(task_id).await?;
+        let fresh = Executor::parse(&task.executor)
+            .ok_or_else(|| FleetError::Internal(format!("task {task_id} has unknown executor {}", task.executor)))
+            .and_then(|ex| self.new_vm(ex, &task.image, &task.resource_class, Some(task_id), now));
+        match fresh {
+            Ok(vm) => {
+                if self.store.requeue_task(task_id, lost_vm, reason, &vm, now).await? {
+                    info!(task = %task_id, lost = %lost_vm, vm = %vm.id, "requeued on a new VM");
+                    self.wake();
+                }
+            }
+            // Its image no longer resolves, say: the task cannot get another VM.
+            Err(e) => self.store.fail_vm(lost_vm, &format!("{reason}; no new VM: {e}"), now).await?,
+        }
         Ok(())
     }
 }
@@ -1175,7 +1286,7 @@ fn is_live(s: VmState) -> bool {
     !matches!(s, VmState::Terminated | VmState::Failed)
 }
 
-fn gc_record(vm: &VmRow) -> Option<vmfleet_gc::VmRecord> {
+fn gc_record(vm: &VmRow, waiting: &HashSet<&str>) -> Option<vmfleet_gc::VmRecord> {
     use vmfleet_gc::Phase;
     let phase = match vm.vm_state()? {
         VmState::Requested | VmState::Provisioning | VmState::Booting => Phase::Starting,
@@ -1190,6 +1301,25 @@ fn gc_record(vm: &VmRow) -> Option<vmfleet_gc::VmRecord> {
         instance_id: vm.instance_id.clone(),
         requested_at_ms: vm.requested_at,
         state_since_ms: vm.state_since,
+        task: vm.task_id.as_ref().map(|t| (t.clone(), !waiting.contains(t.as_str()))),
+    })
+}
+
+fn gc_volume(v: &VolumeRow) -> Option<vmfleet_gc::VolumeRecord> {
+    use vmfleet_gc::VolumePhase;
+    let phase = match v.state.as_str() {
+        "available" => VolumePhase::Available,
+        "deleting" => VolumePhase::Deleting,
+        "deleted" => return None,
+        _ => VolumePhase::InUse,
+    };
+    Some(vmfleet_gc::VolumeRecord {
+        volume_id: v.id.clone(),
+        provider_id: v.provider_id.clone(),
+        project: v.project.clone(),
+        phase,
+        last_used_at_ms: v.last_used_at,
+        state_since_ms: v.state_since,
     })
 }
 

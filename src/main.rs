@@ -117,6 +117,12 @@ enum VmsCmd {
 enum VolumesCmd {
     /// Volumes.
     List(JsonFlag),
+    /// One volume, deleted ones included.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Delete a volume (refused while attached).
     Delete { id: String },
 }
@@ -433,6 +439,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                             .collect(),
                     );
                 }
+                VolumesCmd::Show { id, json } => {
+                    let v: VolumeView = api.get(&format!("/api/v1/volumes/{id}")).await?;
+                    if json.json {
+                        return print_json(&v).map(|_| ok);
+                    }
+                    println!("Volume     {}", v.id);
+                    println!("Project    {}", v.project);
+                    println!("State      {}", v.state);
+                    println!("Zone       {}", v.zone);
+                    println!("Size       {} GiB", v.size_gb);
+                    println!("VM         {}", opt(&v.vm_id));
+                    println!("Last used  {}", v.last_used_at);
+                }
                 VolumesCmd::Delete { id } => {
                     let v: VolumeView = api.delete(&format!("/api/v1/volumes/{id}")).await?;
                     println!("volume {} is {}", v.id, v.state);
@@ -495,16 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("nothing to collect");
             }
             for a in &actions {
-                let what = match a {
-                    vmfleet_gc::GcAction::FailVm { vm_id, instance_id, .. } => {
-                        format!(
-                            "fail {vm_id}{}",
-                            instance_id.as_ref().map(|i| format!(" and terminate {i}")).unwrap_or_default()
-                        )
-                    }
-                    vmfleet_gc::GcAction::TerminateInstance { instance_id, .. } => format!("terminate {instance_id}"),
-                    vmfleet_gc::GcAction::MarkLost { vm_id, .. } => format!("mark {vm_id} lost"),
-                };
+                let what = a.summary();
                 let verb = if *dry_run { "would" } else { "will" };
                 println!("{verb} {what}: {}", a.reason());
                 if !*dry_run {

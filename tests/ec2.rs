@@ -14,6 +14,8 @@ use vmfleet_provisioner::{LaunchSpec, Platform, Provider, ProvisionError, Volume
 struct Env {
     provider: Ec2Provider,
     proxy: FaultProxy,
+    /// The proxy's URL: the endpoint of `provider`.
+    url: String,
     install: String,
     ami: String,
     subnets: Vec<(String, String)>,
@@ -72,7 +74,7 @@ async fn env_with(tweak: impl FnOnce(&mut Ec2Settings)) -> Option<Env> {
         ..base
     };
     tweak(&mut settings);
-    Some(Env { provider: Ec2Provider::new(settings).await, proxy, install, ami, subnets, sg })
+    Some(Env { provider: Ec2Provider::new(settings).await, proxy, url, install, ami, subnets, sg })
 }
 
 fn spec(e: &Env, vm: &str) -> LaunchSpec {
@@ -404,31 +406,8 @@ async fn cli_against_the_emulator_launches_and_terminates() {
     let Some(e) = env_with(|_| {}).await else { return };
     let sshd = any_key_sshd().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let subnets: Vec<String> = e.subnets.iter().map(|(s, _)| format!("\"{s}\"")).collect();
-    let config = dir.path().join("vmfleet.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {dir}\nlisten: 127.0.0.1:{port}\nreconcile_interval: 200ms\ninstall_id: {install}\n\
-             images:\n  custom_linux: {{us-east-1: {ami}}}\n\
-             provider:\n  kind: ec2\n  tags: {{team: ci}}\n  ec2:\n    region: us-east-1\n    endpoint_url: {moto}\n\
-             \x20   access_key_id: AKIATESTKEY\n    secret_access_key: s3cr3t-value-never-shown\n\
-             \x20   subnet_ids: [{subnets}]\n    security_group_id: {sg}\n    ssh_address_override: 127.0.0.1:{sshd}\n",
-            dir = dir.path().display(),
-            install = e.install,
-            ami = e.ami,
-            subnets = subnets.join(", "),
-            sg = e.sg,
-        ),
-    )
-    .expect("config");
-    let bin = env!("CARGO_BIN_EXE_vmfleet");
-    let cli = |args: &[&str]| {
-        let mut c = tokio::process::Command::new(bin);
-        c.arg("--config").arg(&config).args(args).env_remove("VMFLEET_TOKEN").env_remove("VMFLEET_SERVER");
-        c
-    };
+    let config = write_config(&e, dir.path(), &moto, sshd);
+    let cli = |args: &[&str]| cli(&config, args);
     let check = cli(&["config", "check"]).output().await.expect("check");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert!(!String::from_utf8_lossy(&check.stdout).contains("s3cr3t"));
@@ -548,4 +527,322 @@ async fn registration_checks_the_ami_with_describe_images() {
     }
     let err = fleet.request_task(&task("img:1", "gpu.nvidia.small")).await.expect_err("not a GPU image");
     assert!(err.to_string().contains("GPU"), "{err}");
+}
+
+/// A configuration file for `vmfleet serve` on the emulator at `endpoint`, with instances'
+/// SSH answered by `sshd`.
+fn write_config(e: &Env, dir: &std::path::Path, endpoint: &str, sshd: u16) -> std::path::PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let subnets: Vec<String> = e.subnets.iter().map(|(s, _)| format!("\"{s}\"")).collect();
+    let config = dir.join("vmfleet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {dir}\nlisten: 127.0.0.1:{port}\nreconcile_interval: 200ms\ninstall_id: {install}\n\
+             images:\n  custom_linux: {{us-east-1: {ami}}}\n\
+             provider:\n  kind: ec2\n  tags: {{team: ci}}\n  ec2:\n    region: us-east-1\n    endpoint_url: {endpoint}\n\
+             \x20   access_key_id: AKIATESTKEY\n    secret_access_key: s3cr3t-value-never-shown\n\
+             \x20   subnet_ids: [{subnets}]\n    security_group_id: {sg}\n    ssh_address_override: 127.0.0.1:{sshd}\n",
+            dir = dir.display(),
+            install = e.install,
+            ami = e.ami,
+            subnets = subnets.join(", "),
+            sg = e.sg,
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// `vmfleet --config CONFIG ARGS…`, talking to the server the configuration names.
+fn cli(config: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmfleet"));
+    c.arg("--config").arg(config).args(args).env_remove("VMFLEET_TOKEN").env_remove("VMFLEET_SERVER");
+    c
+}
+
+/// Instances tagged with `install` that are not terminated.
+async fn tagged_instances(e: &Env, install: &str) -> Vec<String> {
+    let out = e
+        .provider
+        .client()
+        .describe_instances()
+        .filters(Filter::builder().name("tag:vmfleet:install").values(install).build())
+        .send()
+        .await
+        .expect("describe");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated"))
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect()
+}
+
+/// An instance made directly in the emulator with `tags`, as another tool (or a crashed
+/// launch) would leave it.
+async fn run_direct(e: &Env, tags: &[(&str, &str)]) -> String {
+    let mut req = e
+        .provider
+        .client()
+        .run_instances()
+        .image_id(&e.ami)
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .min_count(1)
+        .max_count(1);
+    if !tags.is_empty() {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        req = req.tag_specifications(spec.build());
+    }
+    let out = req.send().await.expect("run");
+    out.instances()[0].instance_id().expect("id").to_string()
+}
+
+fn instance_state(d: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput) -> String {
+    d.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn gc_reaps_only_our_orphans_fails_stuck_vms_collects_volumes_and_survives_provider_errors() {
+    use vmfleet::store::{now_ms, VolumeRow};
+    use vmfleet_gc::GcAction;
+    let Some(e) = env_with(|_| {}).await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(dir.path());
+    config.provider.kind = vmfleet::config::ProviderKind::Ec2;
+    config.install_id = Some(e.install.clone());
+    config.images.custom_linux = BTreeMap::from([("us-east-1".into(), e.ami.clone())]);
+    let ec2 = &mut config.provider.ec2;
+    ec2.region = "us-east-1".into();
+    ec2.endpoint_url = Some(e.url.clone());
+    ec2.access_key_id = Some("testing".into());
+    ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
+    ec2.subnet_ids = e.subnets.iter().map(|(s, _)| s.clone()).collect();
+    ec2.security_group_id = Some(e.sg.clone());
+    let store = common::sqlite_store(dir.path()).await;
+    let provider = vmfleet::fleet::build_provider(&config).await.expect("provider");
+    let fleet = vmfleet::fleet::Fleet::new(config, store.clone(), provider).await.expect("fleet");
+    let now = now_ms();
+    const DAY: i64 = 86_400_000;
+
+    // Instances: an orphan of ours, one without our tag, one of another installation.
+    let ours = run_direct(&e, &[("vmfleet:install", &e.install), ("vmfleet:vm", "vm-ghost")]).await;
+    let untagged = run_direct(&e, &[]).await;
+    let theirs = run_direct(&e, &[("vmfleet:install", "another-installation")]).await;
+    // A VM stuck in booting past the start timeout, a busy one well within the task timeout, and
+    // an idle one whose instance vanished.
+    let record = |id: &str, state: &str, instance: &str, since: i64, task: Option<&str>| {
+        let mut vm = common::vm_row("machine/default/medium", state, task);
+        vm.id = id.into();
+        vm.instance_id = Some(instance.into());
+        vm.requested_at = since;
+        vm.state_since = since;
+        vm
+    };
+    let stuck_i = e.provider.launch(&spec(&e, "vm-stuck")).await.expect("launch").instance_id;
+    store.insert_vm(&record("vm-stuck", "booting", &stuck_i, now - 400_000, None)).await.expect("stuck");
+    let busy = e.provider.launch(&spec(&e, "vm-busy")).await.expect("launch");
+    store
+        .insert_vm(&record("vm-busy", "assigned", &busy.instance_id, now - 3_600_000, Some("task-busy")))
+        .await
+        .expect("busy");
+    let lost_i = e.provider.launch(&spec(&e, "vm-lost")).await.expect("launch").instance_id;
+    store.insert_vm(&record("vm-lost", "ready", &lost_i, now, None)).await.expect("lost");
+    e.provider.client().terminate_instances().instance_ids(&lost_i).send().await.expect("vanish");
+
+    // Volumes: one unused for 15 days, one as old but attached to the busy VM, one orphan.
+    let zone = busy.zone.clone();
+    let make = |id: &str| VolumeSpec {
+        volume_id: id.into(),
+        install_id: e.install.clone(),
+        project: "gh/acme/app".into(),
+        size_gb: 10,
+        zone: zone.clone(),
+        tags: BTreeMap::new(),
+    };
+    let row = |id: &str, pid: &str, state: &str, task: Option<&str>| VolumeRow {
+        id: id.into(),
+        project: "gh/acme/app".into(),
+        provider_id: Some(pid.into()),
+        zone: zone.clone(),
+        size_gb: 10,
+        state: state.into(),
+        task_id: task.map(Into::into),
+        vm_id: task.map(|_| "vm-busy".into()),
+        created_at: now - 20 * DAY,
+        last_used_at: now - 15 * DAY,
+        state_since: now - 15 * DAY,
+    };
+    let claim_as = |project: &str| common::task_row("machine/default/medium", project, true);
+    let idle_v = e.provider.create_volume(&make("vol-idle")).await.expect("create").provider_id;
+    store
+        .claim_volume(&claim_as("other"), &zone, &row("vol-idle", &idle_v, "available", None))
+        .await
+        .expect("idle row");
+    let busy_v = e.provider.create_volume(&make("vol-busy")).await.expect("create").provider_id;
+    e.provider.attach_volume(&busy_v, &busy.instance_id).await.expect("attach");
+    store
+        .claim_volume(&claim_as("other"), &zone, &row("vol-busy", &busy_v, "attached", Some("task-busy")))
+        .await
+        .expect("busy row");
+    let orphan_v = e.provider.create_volume(&make("vol-orphan")).await.expect("create").provider_id;
+
+    let summaries = |actions: &[GcAction]| actions.iter().map(GcAction::summary).collect::<Vec<_>>().join("\n");
+    let plan = summaries(&fleet.gc_dry_run(None).await.expect("dry run"));
+    assert!(plan.contains(&format!("fail vm-stuck and terminate {stuck_i}")), "{plan}");
+    assert!(plan.contains("mark vm-lost lost"), "{plan}");
+    assert!(plan.contains(&format!("delete volume vol-idle ({idle_v})")), "{plan}");
+    for spared in [&ours, &orphan_v] {
+        assert!(!plan.contains(spared.as_str()), "young orphans are spared by the grace: {plan}");
+    }
+    let plan_actions = fleet.gc_dry_run(Some(std::time::Duration::ZERO)).await.expect("dry run");
+    let plan = summaries(&plan_actions);
+    assert!(plan.contains(&format!("terminate {ours}")), "{plan}");
+    assert!(plan.contains(&format!("delete volume {orphan_v}")), "{plan}");
+    for never in [&untagged, &theirs, &busy.instance_id, &busy_v] {
+        assert!(!plan.contains(never.as_str()), "{never} must never be named: {plan}");
+    }
+    assert!(!plan.contains("vm-busy"), "{plan}");
+
+    // The cloud fails every terminate and delete of this pass: nothing is lost or forgotten.
+    e.proxy.inject("TerminateInstances", "InternalError", 500, 100);
+    e.proxy.inject("DeleteVolume", "InternalError", 500, 100);
+    for a in &plan_actions {
+        fleet.apply_gc(a).await.expect("apply");
+    }
+    let c = e.provider.client();
+    let d = c.describe_instances().instance_ids(&ours).send().await.expect("describe");
+    assert_eq!(instance_state(&d), "running");
+    assert_eq!(store.vm("vm-stuck").await.expect("vm").state, "booting", "kept for the next pass");
+    let events = store.audit_events(100).await.expect("audit");
+    assert!(
+        events.iter().any(|ev| ev.action == "vm.terminate" && !ev.success && ev.target.contains(&ours)),
+        "the failed attempt is audited"
+    );
+    let again = summaries(&fleet.gc_dry_run(Some(std::time::Duration::ZERO)).await.expect("dry run"));
+    for still in [format!("terminate {ours}"), "fail vm-stuck".into(), "delete volume vol-idle".into()] {
+        assert!(again.contains(&still), "{still} is planned again: {again}");
+    }
+
+    // The next pass, with the cloud answering again, finishes the job.
+    e.proxy.clear();
+    for a in fleet.gc_dry_run(Some(std::time::Duration::ZERO)).await.expect("dry run") {
+        fleet.apply_gc(&a).await.expect("apply");
+    }
+    for (id, want) in [
+        (&ours, "terminated"),
+        (&stuck_i, "terminated"),
+        (&untagged, "running"),
+        (&theirs, "running"),
+        (&busy.instance_id, "running"),
+    ] {
+        let d = c.describe_instances().instance_ids(id).send().await.expect("describe");
+        assert_eq!(instance_state(&d), want, "{id}");
+    }
+    let stuck = store.vm("vm-stuck").await.expect("vm");
+    assert_eq!(stuck.state, "failed");
+    assert!(stuck.failure_reason.as_deref().unwrap_or_default().contains("VM start timeout"), "{stuck:?}");
+    assert_eq!(store.vm("vm-lost").await.expect("vm").state, "failed");
+    assert_eq!(store.vm("vm-busy").await.expect("vm").state, "assigned");
+    let left: Vec<String> = c
+        .describe_volumes()
+        .send()
+        .await
+        .expect("volumes")
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id().map(String::from))
+        .collect();
+    assert!(!left.contains(&idle_v) && !left.contains(&orphan_v), "{left:?}");
+    assert!(left.contains(&busy_v), "a busy VM's volume is never deleted");
+    assert_eq!(store.volume("vol-idle").await.expect("vol").state, "deleted");
+    assert_eq!(store.volume("vol-busy").await.expect("vol").state, "attached");
+    assert!(fleet.gc_dry_run(Some(std::time::Duration::ZERO)).await.expect("dry run").is_empty());
+    let events = store.audit_events(200).await.expect("audit");
+    let deletes: Vec<_> =
+        events.iter().filter(|ev| ev.action == "volume.delete" && ev.target.contains("vol-idle")).collect();
+    assert!(deletes.iter().any(|ev| !ev.success && ev.payload.contains("DLC inactivity period")), "{deletes:?}");
+    assert!(deletes.iter().any(|ev| ev.success), "{deletes:?}");
+    for id in [untagged, theirs, busy.instance_id] {
+        c.terminate_instances().instance_ids(id).send().await.expect("clean up");
+    }
+}
+
+/// `kill -9` of the service while its launch call is in flight, then a restart and one GC
+/// pass: the instance that launch made is adopted, not duplicated and not leaked; `reset`
+/// then leaves nothing with our tag.
+#[tokio::test]
+async fn kill_9_mid_launch_then_restart_and_gc_leave_no_untracked_instance() {
+    let Some(e) = env_with(|_| {}).await else { return };
+    let sshd = any_key_sshd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&e, dir.path(), &e.url, sshd);
+    let serve = || {
+        cli(&config, &["serve"])
+            .stderr(
+                std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("serve.log")).expect("log"),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("serve")
+    };
+    let up = || async {
+        common::eventually(30, || async {
+            cli(&config, &["status"]).output().await.ok().filter(|o| o.status.success()).map(|_| ())
+        })
+        .await
+    };
+    // The launch reaches the cloud, which makes the instance, but the answer never comes back.
+    e.proxy.hold("RunInstances");
+    let mut server = serve();
+    up().await;
+    let out =
+        cli(&config, &["tasks", "request", "--project", "gh/acme/app", "--json"]).output().await.expect("request");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let task_id = task["id"].as_str().expect("id").to_string();
+    let made = common::eventually(30, || async {
+        let ids = tagged_instances(&e, &e.install).await;
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    assert_eq!(made.len(), 1);
+    server.start_kill().expect("kill -9");
+    server.wait().await.expect("dead");
+    e.proxy.release();
+
+    let mut server = serve();
+    up().await;
+    let assigned = common::eventually(60, || async {
+        let out = cli(&config, &["tasks", "show", &task_id, "--json"]).output().await.ok()?;
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (t["state"] == "assigned").then_some(t)
+    })
+    .await;
+    let out = cli(&config, &["gc"]).output().await.expect("gc");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&config, &["gc", "--dry-run", "--orphan-grace", "0s"]).output().await.expect("gc");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to collect", "no instance looks untracked");
+    let vm: serde_json::Value = serde_json::from_slice(
+        &cli(&config, &["vms", "show", assigned["vm_id"].as_str().expect("vm"), "--json"])
+            .output()
+            .await
+            .expect("vm")
+            .stdout,
+    )
+    .expect("vm json");
+    assert_eq!(tagged_instances(&e, &e.install).await, made, "the in-flight launch was adopted, not repeated");
+    assert_eq!(vm["instance_id"].as_str(), Some(made[0].as_str()));
+
+    let _ = server.kill().await;
+    let out = cli(&config, &["reset", "--yes", "--force"]).output().await.expect("reset");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tagged_instances(&e, &e.install).await.is_empty(), "reset leaves no instance with our tag");
 }

@@ -38,27 +38,12 @@ both!(
     transitions_are_conditional,
     tokens_are_found_by_hash,
     paused_fleet_refuses_requests_and_clear_empties_it,
+    lost_vm_requeues_a_waiting_task_and_fails_a_running_one,
+    forgotten_volume_only_when_unused,
 );
 
 fn task(project: &str, dlc: bool) -> TaskRow {
-    TaskRow {
-        id: format!("task-{}", short_id()),
-        pool: POOL.into(),
-        executor: "machine".into(),
-        image: "default".into(),
-        resource_class: "medium".into(),
-        project: project.into(),
-        dlc,
-        state: "waiting".into(),
-        vm_id: None,
-        volume_id: None,
-        failure_reason: None,
-        created_at: now_ms(),
-        assigned_at: None,
-        released_at: None,
-        docker_client_cert: None,
-        docker_client_key: None,
-    }
+    common::task_row(POOL, project, dlc)
 }
 
 fn volume(project: &str, t: &TaskRow) -> VolumeRow {
@@ -257,4 +242,53 @@ async fn paused_fleet_refuses_requests_and_clear_empties_it(s: Store) {
     s.set_paused(false).await.expect("resume");
     let t3 = task("p", false);
     s.request_task(&t3, &vm_row(POOL, "requested", Some(&t3.id)), None).await.expect("request after resume");
+}
+
+async fn lost_vm_requeues_a_waiting_task_and_fails_a_running_one(s: Store) {
+    // Waiting (DLC, volume being attached): the VM fails, the volume is let go, the task gets
+    // the replacement and stays waiting.
+    let mut t = task("p", true);
+    let lost = vm_row(POOL, "booting", Some(&t.id));
+    s.request_task(&t, &lost, None).await.expect("request");
+    t.vm_id = Some(lost.id.clone());
+    let vol = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
+    s.set_volume_provider_id(&vol.id, "pv", now_ms()).await.expect("pid");
+    let fresh = vm_row(POOL, "requested", Some(&t.id));
+    assert!(s.requeue_task(&t.id, &lost.id, "lost: gone", &fresh, now_ms()).await.expect("requeue"));
+    let old = s.vm(&lost.id).await.expect("old");
+    assert_eq!((old.state.as_str(), old.task_id.as_deref()), ("failed", None));
+    assert_eq!(old.failure_reason.as_deref(), Some("lost: gone"));
+    let task_now = s.task(&t.id).await.expect("task");
+    assert_eq!(task_now.state, "waiting");
+    assert_eq!(task_now.vm_id.as_deref(), Some(fresh.id.as_str()));
+    assert_eq!(task_now.volume_id, None, "the volume is claimed afresh for the new VM");
+    assert_eq!(s.vm(&fresh.id).await.expect("fresh").task_id.as_deref(), Some(t.id.as_str()));
+    assert_eq!(s.volume(&vol.id).await.expect("vol").state, "detaching");
+
+    // Running: no requeue; the VM and its task fail.
+    let t2 = task("p", false);
+    s.insert_vm(&vm_row(POOL, "ready", None)).await.expect("warm");
+    let a = s.request_task(&t2, &vm_row(POOL, "requested", Some(&t2.id)), None).await.expect("request");
+    assert!(a.handed_over);
+    let spare = vm_row(POOL, "requested", Some(&t2.id));
+    assert!(!s.requeue_task(&t2.id, &a.vm.id, "lost: gone", &spare, now_ms()).await.expect("requeue"));
+    assert!(matches!(s.vm(&spare.id).await, Err(StoreError::NotFound(_))), "no replacement recorded");
+    assert_eq!(s.vm(&a.vm.id).await.expect("vm").state, "failed");
+    let t2 = s.task(&t2.id).await.expect("task");
+    assert_eq!((t2.state.as_str(), t2.failure_reason.as_deref()), ("failed", Some("lost: gone")));
+}
+
+async fn forgotten_volume_only_when_unused(s: Store) {
+    let mut t = task("p", true);
+    let vm = vm_row(POOL, "requested", Some(&t.id));
+    s.request_task(&t, &vm, None).await.expect("request");
+    t.vm_id = Some(vm.id.clone());
+    let v = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
+    s.set_volume_provider_id(&v.id, "pv", now_ms()).await.expect("pid");
+    s.set_volume_attached(&v.id, &t.id, &vm.id, now_ms()).await.expect("attach");
+    assert!(!s.forget_volume(&v.id, now_ms()).await.expect("forget"), "attached: kept");
+    s.release_task(&t.id, now_ms()).await.expect("release");
+    s.set_volume_detached(&v.id, now_ms()).await.expect("detach");
+    assert!(s.forget_volume(&v.id, now_ms()).await.expect("forget"));
+    assert_eq!(s.volume(&v.id).await.expect("vol").state, "deleted");
 }

@@ -1,16 +1,18 @@
 //! The garbage-collection planner.
 //!
-//! `plan` is a pure function from a snapshot of the store's VMs, the provider's tagged
-//! instances, the time and the settings to a list of actions, each with a reason. It reads no
-//! clock and does no I/O; the service carries the actions out within a per-pass budget.
+//! `plan` is a pure function from a [`Snapshot`] (the store's VMs, waiting tasks and volumes,
+//! the provider's tagged instances and volumes), the time and the settings to a list of
+//! actions, each with a reason. It reads no clock and does no I/O; the service carries the
+//! actions out within a per-pass budget.
 //!
 //! # Guarantees
-//! Only instances the provider reported for this installation are ever named (the provider's
-//! describe call filters by the installation tag). An instance unknown to the store is only
-//! reaped after `orphan_grace`, so a launch in flight is never mistaken for an orphan. A VM
-//! busy with a task is only touched once it exceeds the long-running task timeout.
+//! Only instances and volumes the provider reported for this installation are ever named (the
+//! provider's describe calls filter by the installation tag). An instance or volume unknown to
+//! the store is only reaped after `orphan_grace`, so a launch in flight is never mistaken for an
+//! orphan. A VM busy with a task is only touched once it exceeds the long-running task
+//! timeout. A volume attached to anything, or in use in the store, is never deleted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Where a VM is in its life, as far as collection is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub struct VmRecord {
     pub requested_at_ms: i64,
     /// When it entered its current state.
     pub state_since_ms: i64,
+    /// The task it is reserved for or running, and whether that task has started (been
+    /// handed the VM).
+    pub task: Option<(String, bool)>,
 }
 
 /// An instance as the provider reports it (already filtered to this installation).
@@ -53,17 +58,89 @@ pub struct CloudInstance {
     pub launched_at_ms: i64,
 }
 
-/// Timeouts, in milliseconds.
+/// Where a DLC volume is, as far as collection is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumePhase {
+    /// Being created, attached, attached or detaching: in use.
+    InUse,
+    /// Detached, kept for its project.
+    Available,
+    /// Marked for deletion (the service deletes it).
+    Deleting,
+}
+
+/// A volume as the store sees it (deleted records are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// vmfleet volume id.
+    pub volume_id: String,
+    /// Provider id, once created.
+    pub provider_id: Option<String>,
+    /// Owning project.
+    pub project: String,
+    /// Phase.
+    pub phase: VolumePhase,
+    /// When a task last used it.
+    pub last_used_at_ms: i64,
+    /// When it entered its current state.
+    pub state_since_ms: i64,
+}
+
+/// A volume as the provider reports it (already filtered to this installation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudVolume {
+    /// Provider id.
+    pub provider_id: String,
+    /// The vmfleet volume id from its tags.
+    pub volume_id: Option<String>,
+    /// The instance it is attached to.
+    pub attached_to: Option<String>,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// A task waiting for its VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingTask {
+    /// vmfleet task id.
+    pub task_id: String,
+    /// When it was requested.
+    pub created_at_ms: i64,
+}
+
+/// Everything one pass looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Live VMs, plus finished ones whose instance the provider still reports.
+    pub vms: Vec<VmRecord>,
+    /// Tagged instances that are not terminated.
+    pub instances: Vec<CloudInstance>,
+    /// Volume records that are not deleted.
+    pub volumes: Vec<VolumeRecord>,
+    /// Tagged volumes.
+    pub cloud_volumes: Vec<CloudVolume>,
+    /// Tasks still waiting.
+    pub waiting: Vec<WaitingTask>,
+}
+
+/// Timeouts (milliseconds) and bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// A VM must be ready within this of being requested.
     pub vm_start_timeout_ms: i64,
     /// A task may hold a VM this long.
     pub long_running_task_timeout_ms: i64,
-    /// An unknown tagged instance is reaped once this old.
+    /// An unknown tagged instance or volume is reaped once this old.
     pub orphan_grace_ms: i64,
-    /// A retiring VM whose instance still exists after this is terminated again.
+    /// A retiring VM whose instance still exists after this is terminated again; a launched VM
+    /// whose instance the provider does not report for this long is lost.
     pub retire_grace_ms: i64,
+    /// An available volume unused for this long is deleted.
+    pub volume_inactivity_ms: i64,
+    /// Most volumes a project keeps; beyond it the least recently used available ones go.
+    pub volumes_per_project: usize,
+    /// A task waiting longer than this is failed.
+    pub task_wait_limit_ms: i64,
 }
 
 /// What to do.
@@ -91,6 +168,31 @@ pub enum GcAction {
     MarkLost {
         /// The VM.
         vm_id: String,
+        /// A task that had not started yet: it gets a new VM instead of failing.
+        requeue: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Delete a volume: a recorded one (`volume_id`) or an orphan known only to the provider.
+    DeleteVolume {
+        /// The vmfleet volume id, when the store has a record.
+        volume_id: Option<String>,
+        /// The provider's id, when created.
+        provider_id: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// The store's record names a volume the provider no longer has: mark it deleted.
+    ForgetVolume {
+        /// The vmfleet volume id.
+        volume_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Fail a task that waited too long.
+    FailTask {
+        /// The task.
+        task_id: String,
         /// Why.
         reason: String,
     },
@@ -102,7 +204,61 @@ impl GcAction {
         match self {
             GcAction::FailVm { reason, .. }
             | GcAction::TerminateInstance { reason, .. }
-            | GcAction::MarkLost { reason, .. } => reason,
+            | GcAction::MarkLost { reason, .. }
+            | GcAction::DeleteVolume { reason, .. }
+            | GcAction::ForgetVolume { reason, .. }
+            | GcAction::FailTask { reason, .. } => reason,
+        }
+    }
+
+    /// The audit action name (`vm.terminate`, `volume.delete`, …).
+    pub fn audit_action(&self) -> &'static str {
+        match self {
+            GcAction::FailVm { .. } | GcAction::TerminateInstance { .. } => "vm.terminate",
+            GcAction::MarkLost { .. } => "vm.lost",
+            GcAction::DeleteVolume { .. } => "volume.delete",
+            GcAction::ForgetVolume { .. } => "volume.forget",
+            GcAction::FailTask { .. } => "task.fail",
+        }
+    }
+
+    /// What it does, in a few words naming the ids: `terminate i-0abc`, `delete volume vol-1 (vol-0def)`.
+    pub fn summary(&self) -> String {
+        match self {
+            GcAction::FailVm { vm_id, instance_id: Some(i), .. } => format!("fail {vm_id} and terminate {i}"),
+            GcAction::FailVm { vm_id, instance_id: None, .. } => format!("fail {vm_id}"),
+            GcAction::TerminateInstance { instance_id, .. } => format!("terminate {instance_id}"),
+            GcAction::MarkLost { vm_id, requeue: Some(t), .. } => format!("mark {vm_id} lost and requeue {t}"),
+            GcAction::MarkLost { vm_id, requeue: None, .. } => format!("mark {vm_id} lost"),
+            GcAction::DeleteVolume { volume_id: Some(v), provider_id: Some(p), .. } => {
+                format!("delete volume {v} ({p})")
+            }
+            GcAction::DeleteVolume { volume_id: Some(v), provider_id: None, .. } => format!("delete volume {v}"),
+            GcAction::DeleteVolume { volume_id: None, provider_id, .. } => {
+                format!("delete volume {}", provider_id.as_deref().unwrap_or_default())
+            }
+            GcAction::ForgetVolume { volume_id, .. } => format!("forget volume {volume_id}"),
+            GcAction::FailTask { task_id, .. } => format!("fail task {task_id}"),
+        }
+    }
+
+    /// What it acts on, for printing and the audit trail: ids of the store and the provider.
+    pub fn target(&self) -> String {
+        match self {
+            GcAction::FailVm { vm_id, instance_id, .. } => match instance_id {
+                Some(i) => format!("{vm_id} {i}"),
+                None => vm_id.clone(),
+            },
+            GcAction::TerminateInstance { instance_id, vm_id, .. } => match vm_id {
+                Some(v) => format!("{instance_id} {v}"),
+                None => instance_id.clone(),
+            },
+            GcAction::MarkLost { vm_id, .. } => vm_id.clone(),
+            GcAction::DeleteVolume { volume_id, provider_id, .. } => {
+                [volume_id.as_deref(), provider_id.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ")
+            }
+            GcAction::ForgetVolume { volume_id, .. } => volume_id.clone(),
+            GcAction::FailTask { task_id, .. } => task_id.clone(),
         }
     }
 }
@@ -111,16 +267,57 @@ fn secs(ms: i64) -> i64 {
     ms / 1000
 }
 
-/// Plans one pass. At most `budget` actions are returned, most urgent kinds first.
-pub fn plan(vms: &[VmRecord], instances: &[CloudInstance], now_ms: i64, s: &Settings, budget: usize) -> Vec<GcAction> {
+fn days(ms: i64) -> String {
+    let d = ms as f64 / 86_400_000.0;
+    if d >= 1.0 {
+        format!("{d:.0} days")
+    } else {
+        format!("{} s", secs(ms))
+    }
+}
+
+/// Plans one pass. At most `budget` actions are returned, most urgent kinds first: VMs and
+/// instances (they cost money by the second), then tasks, then volumes.
+pub fn plan(snap: &Snapshot, now_ms: i64, s: &Settings, budget: usize) -> Vec<GcAction> {
+    let mut out = plan_vms(snap, now_ms, s);
+    plan_tasks(snap, now_ms, s, &mut out);
+    plan_volumes(snap, now_ms, s, &mut out);
+    out.truncate(budget);
+    out
+}
+
+fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
     let mut out = Vec::new();
-    let by_instance: HashMap<&str, &CloudInstance> = instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
-    let known_vms: HashMap<&str, &VmRecord> = vms.iter().map(|v| (v.vm_id.as_str(), v)).collect();
+    let by_instance: HashMap<&str, &CloudInstance> =
+        snap.instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+    let known_vms: HashMap<&str, &VmRecord> = snap.vms.iter().map(|v| (v.vm_id.as_str(), v)).collect();
     let mut named: HashSet<String> = HashSet::new();
 
-    for vm in vms {
+    for vm in &snap.vms {
         let live = vm.instance_id.as_deref().and_then(|id| by_instance.get(id));
+        // Describe calls may lag a launch by a moment: only a launch older than the grace is lost.
+        let launched_long_ago = now_ms - vm.state_since_ms > s.retire_grace_ms;
+        let lost = vm.instance_id.is_some() && live.is_none();
         match vm.phase {
+            Phase::Starting | Phase::Ready | Phase::Assigned
+                if lost && (vm.phase != Phase::Starting || launched_long_ago) =>
+            {
+                let requeue = vm.task.as_ref().filter(|(_, started)| !started).map(|(t, _)| t.clone());
+                let what = match (&vm.task, &requeue) {
+                    (_, Some(t)) => format!("; task {t} had not started and gets a new VM"),
+                    (Some((t, _)), None) => format!("; task {t} fails"),
+                    (None, _) => String::new(),
+                };
+                out.push(GcAction::MarkLost {
+                    vm_id: vm.vm_id.clone(),
+                    requeue,
+                    reason: format!(
+                        "vm {}: the provider has no instance {}{what}",
+                        vm.vm_id,
+                        vm.instance_id.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
             Phase::Starting if now_ms - vm.requested_at_ms > s.vm_start_timeout_ms => {
                 out.push(GcAction::FailVm {
                     vm_id: vm.vm_id.clone(),
@@ -140,16 +337,6 @@ pub fn plan(vms: &[VmRecord], instances: &[CloudInstance], now_ms: i64, s: &Sett
                         "vm {} assigned for longer than the long-running task timeout of {} s",
                         vm.vm_id,
                         secs(s.long_running_task_timeout_ms)
-                    ),
-                });
-            }
-            Phase::Ready | Phase::Assigned if vm.instance_id.is_some() && live.is_none() => {
-                out.push(GcAction::MarkLost {
-                    vm_id: vm.vm_id.clone(),
-                    reason: format!(
-                        "vm {}: the provider has no instance {}",
-                        vm.vm_id,
-                        vm.instance_id.as_deref().unwrap_or_default()
                     ),
                 });
             }
@@ -175,7 +362,7 @@ pub fn plan(vms: &[VmRecord], instances: &[CloudInstance], now_ms: i64, s: &Sett
         }
     }
 
-    for inst in instances {
+    for inst in &snap.instances {
         if named.contains(&inst.instance_id) {
             continue;
         }
@@ -193,32 +380,204 @@ pub fn plan(vms: &[VmRecord], instances: &[CloudInstance], now_ms: i64, s: &Sett
             });
         }
     }
-    out.truncate(budget);
     out
+}
+
+fn plan_tasks(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcAction>) {
+    for t in &snap.waiting {
+        if now_ms - t.created_at_ms > s.task_wait_limit_ms {
+            out.push(GcAction::FailTask {
+                task_id: t.task_id.clone(),
+                reason: format!(
+                    "task {} waited longer than the limit of {} s for a VM",
+                    t.task_id,
+                    secs(s.task_wait_limit_ms)
+                ),
+            });
+        }
+    }
+}
+
+fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcAction>) {
+    let cloud: HashMap<&str, &CloudVolume> = snap.cloud_volumes.iter().map(|v| (v.provider_id.as_str(), v)).collect();
+    let mut going: HashSet<&str> = HashSet::new();
+
+    // Records whose volume is gone: forget them (an in-use one is the task's business).
+    for v in &snap.volumes {
+        let gone = v.provider_id.as_deref().is_some_and(|p| !cloud.contains_key(p));
+        if gone && v.phase == VolumePhase::Available && now_ms - v.state_since_ms > s.retire_grace_ms {
+            going.insert(&v.volume_id);
+            out.push(GcAction::ForgetVolume {
+                volume_id: v.volume_id.clone(),
+                reason: format!(
+                    "volume {}: the provider has no volume {}",
+                    v.volume_id,
+                    v.provider_id.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    // Deletions that did not finish (a provider error, a crash): retried.
+    for v in &snap.volumes {
+        if v.phase == VolumePhase::Deleting && !going.contains(v.volume_id.as_str()) {
+            going.insert(&v.volume_id);
+            out.push(GcAction::DeleteVolume {
+                volume_id: Some(v.volume_id.clone()),
+                provider_id: v.provider_id.clone(),
+                reason: format!("deletion of volume {} has not finished; retrying", v.volume_id),
+            });
+        }
+    }
+    let attached =
+        |v: &VolumeRecord| v.provider_id.as_deref().and_then(|p| cloud.get(p)).is_some_and(|c| c.attached_to.is_some());
+    // Inactivity.
+    for v in &snap.volumes {
+        if v.phase == VolumePhase::Available
+            && !going.contains(v.volume_id.as_str())
+            && !attached(v)
+            && now_ms - v.last_used_at_ms > s.volume_inactivity_ms
+        {
+            going.insert(&v.volume_id);
+            out.push(GcAction::DeleteVolume {
+                volume_id: Some(v.volume_id.clone()),
+                provider_id: v.provider_id.clone(),
+                reason: format!(
+                    "volume {} of project {} unused for longer than the DLC inactivity period of {}",
+                    v.volume_id,
+                    v.project,
+                    days(s.volume_inactivity_ms)
+                ),
+            });
+        }
+    }
+    // Per-project cap: the least recently used available volumes go first.
+    let mut by_project: BTreeMap<&str, Vec<&VolumeRecord>> = BTreeMap::new();
+    for v in &snap.volumes {
+        if v.phase != VolumePhase::Deleting && !going.contains(v.volume_id.as_str()) {
+            by_project.entry(&v.project).or_default().push(v);
+        }
+    }
+    for (project, mut vols) in by_project {
+        if vols.len() <= s.volumes_per_project {
+            continue;
+        }
+        let count = vols.len();
+        let mut excess = count - s.volumes_per_project;
+        vols.sort_by(|a, b| a.last_used_at_ms.cmp(&b.last_used_at_ms).then(a.volume_id.cmp(&b.volume_id)));
+        for v in vols {
+            if excess == 0 {
+                break;
+            }
+            if v.phase != VolumePhase::Available || attached(v) {
+                continue;
+            }
+            excess -= 1;
+            out.push(GcAction::DeleteVolume {
+                volume_id: Some(v.volume_id.clone()),
+                provider_id: v.provider_id.clone(),
+                reason: format!(
+                    "project {project} has {count} volumes, above the cap of {}; volume {} is the least recently used",
+                    s.volumes_per_project, v.volume_id
+                ),
+            });
+        }
+    }
+    // Orphans: tagged volumes the store does not know (or has deleted), detached, past the grace.
+    let known: HashSet<&str> = snap.volumes.iter().filter_map(|v| v.provider_id.as_deref()).collect();
+    let known_ids: HashSet<&str> = snap.volumes.iter().map(|v| v.volume_id.as_str()).collect();
+    for c in &snap.cloud_volumes {
+        let recorded =
+            known.contains(c.provider_id.as_str()) || c.volume_id.as_deref().is_some_and(|id| known_ids.contains(id));
+        if !recorded && c.attached_to.is_none() && now_ms - c.created_at_ms > s.orphan_grace_ms {
+            out.push(GcAction::DeleteVolume {
+                volume_id: None,
+                provider_id: Some(c.provider_id.clone()),
+                reason: format!(
+                    "volume {} is tagged with this installation but unknown to the store, older than the orphan grace of {} s",
+                    c.provider_id,
+                    secs(s.orphan_grace_ms)
+                ),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DAY: i64 = 86_400_000;
     const S: Settings = Settings {
         vm_start_timeout_ms: 300_000,
         long_running_task_timeout_ms: 6 * 3_600_000,
         orphan_grace_ms: 600_000,
         retire_grace_ms: 60_000,
+        volume_inactivity_ms: 14 * DAY,
+        volumes_per_project: 3,
+        task_wait_limit_ms: 3_600_000,
     };
 
     fn vm(id: &str, phase: Phase, inst: Option<&str>, at: i64) -> VmRecord {
-        VmRecord { vm_id: id.into(), phase, instance_id: inst.map(Into::into), requested_at_ms: at, state_since_ms: at }
+        VmRecord {
+            vm_id: id.into(),
+            phase,
+            instance_id: inst.map(Into::into),
+            requested_at_ms: at,
+            state_since_ms: at,
+            task: None,
+        }
     }
 
     fn inst(id: &str, vm: Option<&str>, at: i64) -> CloudInstance {
         CloudInstance { instance_id: id.into(), vm_id: vm.map(Into::into), launched_at_ms: at }
     }
 
+    fn vol(id: &str, project: &str, phase: VolumePhase, last_used: i64) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: id.into(),
+            provider_id: Some(format!("p-{id}")),
+            project: project.into(),
+            phase,
+            last_used_at_ms: last_used,
+            state_since_ms: last_used,
+        }
+    }
+
+    fn cvol(id: &str, tag: Option<&str>, attached: Option<&str>, at: i64) -> CloudVolume {
+        CloudVolume {
+            provider_id: id.into(),
+            volume_id: tag.map(Into::into),
+            attached_to: attached.map(Into::into),
+            created_at_ms: at,
+        }
+    }
+
+    fn short(a: GcAction) -> String {
+        match a {
+            GcAction::FailVm { vm_id, .. } => format!("fail {vm_id}"),
+            GcAction::TerminateInstance { instance_id, .. } => format!("term {instance_id}"),
+            GcAction::MarkLost { vm_id, requeue: None, .. } => format!("lost {vm_id}"),
+            GcAction::MarkLost { vm_id, requeue: Some(t), .. } => format!("lost {vm_id} requeue {t}"),
+            GcAction::DeleteVolume { volume_id: Some(v), .. } => format!("delete {v}"),
+            GcAction::DeleteVolume { volume_id: None, provider_id, .. } => {
+                format!("delete orphan {}", provider_id.unwrap_or_default())
+            }
+            GcAction::ForgetVolume { volume_id, .. } => format!("forget {volume_id}"),
+            GcAction::FailTask { task_id, .. } => format!("fail task {task_id}"),
+        }
+    }
+
+    fn run(snap: &Snapshot, now: i64) -> Vec<String> {
+        plan(snap, now, &S, 100).into_iter().map(short).collect()
+    }
+
     #[test]
-    fn table() {
+    fn vm_table() {
         let now = 10_000_000;
+        let with_task = |mut v: VmRecord, started: bool| {
+            v.task = Some(("t".into(), started));
+            v
+        };
         type Case = (&'static str, Vec<VmRecord>, Vec<CloudInstance>, Vec<&'static str>);
         let cases: Vec<Case> = vec![
             (
@@ -245,7 +604,25 @@ mod tests {
                 vec![inst("i-a", Some("a"), now)],
                 vec!["fail a"],
             ),
-            ("lost instance", vec![vm("a", Phase::Ready, Some("i-a"), now - 1000)], vec![], vec!["lost a"]),
+            ("lost idle instance", vec![vm("a", Phase::Ready, Some("i-a"), now - 1000)], vec![], vec!["lost a"]),
+            (
+                "lost while running its task: the task fails",
+                vec![with_task(vm("a", Phase::Assigned, Some("i-a"), now - 1000), true)],
+                vec![],
+                vec!["lost a"],
+            ),
+            (
+                "lost before its task started: the task is requeued",
+                vec![with_task(vm("a", Phase::Starting, Some("i-a"), now - 61_000), false)],
+                vec![],
+                vec!["lost a requeue t"],
+            ),
+            (
+                "just launched and not yet described: not lost",
+                vec![with_task(vm("a", Phase::Starting, Some("i-a"), now - 1000), false)],
+                vec![],
+                vec![],
+            ),
             (
                 "leaked after done",
                 vec![vm("a", Phase::Done, Some("i-a"), now - 1000)],
@@ -273,22 +650,111 @@ mod tests {
                 vec![],
             ),
         ];
-        for (name, vms, insts, want) in cases {
-            let got: Vec<String> = plan(&vms, &insts, now, &S, 100)
-                .into_iter()
-                .map(|a| match a {
-                    GcAction::FailVm { vm_id, .. } => format!("fail {vm_id}"),
-                    GcAction::TerminateInstance { instance_id, .. } => format!("term {instance_id}"),
-                    GcAction::MarkLost { vm_id, .. } => format!("lost {vm_id}"),
-                })
-                .collect();
-            assert_eq!(got, want, "{name}");
+        for (name, vms, instances, want) in cases {
+            let snap = Snapshot { vms, instances, ..Default::default() };
+            assert_eq!(run(&snap, now), want, "{name}");
         }
     }
 
     #[test]
-    fn budget_bounds_a_pass() {
-        let insts: Vec<_> = (0..10).map(|i| inst(&format!("i-{i}"), None, 0)).collect();
-        assert_eq!(plan(&[], &insts, 10_000_000, &S, 3).len(), 3);
+    fn volume_table() {
+        let now = 100 * DAY;
+        type Case = (&'static str, Vec<VolumeRecord>, Vec<CloudVolume>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                "recently used kept",
+                vec![vol("a", "p", VolumePhase::Available, now - DAY)],
+                vec![cvol("p-a", Some("a"), None, 0)],
+                vec![],
+            ),
+            (
+                "inactive deleted",
+                vec![vol("a", "p", VolumePhase::Available, now - 15 * DAY)],
+                vec![cvol("p-a", Some("a"), None, 0)],
+                vec!["delete a"],
+            ),
+            (
+                "inactive but in use (a busy VM's): kept",
+                vec![vol("a", "p", VolumePhase::InUse, now - 15 * DAY)],
+                vec![cvol("p-a", Some("a"), Some("i-1"), 0)],
+                vec![],
+            ),
+            (
+                "record says available, cloud says attached: kept",
+                vec![vol("a", "p", VolumePhase::Available, now - 15 * DAY)],
+                vec![cvol("p-a", Some("a"), Some("i-1"), 0)],
+                vec![],
+            ),
+            (
+                "above the per-project cap: least recently used first, in-use ones count but stay",
+                vec![
+                    vol("a", "p", VolumePhase::InUse, now - 9 * DAY),
+                    vol("b", "p", VolumePhase::Available, now - 8 * DAY),
+                    vol("c", "p", VolumePhase::Available, now - 3 * DAY),
+                    vol("d", "p", VolumePhase::Available, now - 2 * DAY),
+                    vol("e", "p", VolumePhase::Available, now - DAY),
+                    vol("f", "q", VolumePhase::Available, now - 9 * DAY),
+                ],
+                ["a", "b", "c", "d", "e", "f"].iter().map(|v| cvol(&format!("p-{v}"), Some(v), None, 0)).collect(),
+                vec!["delete b", "delete c"],
+            ),
+            (
+                "record whose volume is gone is forgotten",
+                vec![vol("a", "p", VolumePhase::Available, now - DAY)],
+                vec![],
+                vec!["forget a"],
+            ),
+            (
+                "in-use record whose volume is gone is the task's business",
+                vec![vol("a", "p", VolumePhase::InUse, now - DAY)],
+                vec![],
+                vec![],
+            ),
+            (
+                "old orphan deleted",
+                vec![],
+                vec![cvol("p-x", Some("x"), None, now - 700_000)],
+                vec!["delete orphan p-x"],
+            ),
+            ("young orphan spared", vec![], vec![cvol("p-x", None, None, now - 1000)], vec![]),
+            ("attached orphan spared", vec![], vec![cvol("p-x", None, Some("i-1"), 0)], vec![]),
+            (
+                "an unfinished deletion is retried",
+                vec![vol("a", "p", VolumePhase::Deleting, now - DAY)],
+                vec![cvol("p-a", Some("a"), None, 0)],
+                vec!["delete a"],
+            ),
+            (
+                "created but its id not yet recorded: known by its tag",
+                vec![VolumeRecord { provider_id: None, ..vol("a", "p", VolumePhase::InUse, now - DAY) }],
+                vec![cvol("p-a", Some("a"), None, 0)],
+                vec![],
+            ),
+        ];
+        for (name, volumes, cloud_volumes, want) in cases {
+            let snap = Snapshot { volumes, cloud_volumes, ..Default::default() };
+            assert_eq!(run(&snap, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn tasks_waiting_past_the_limit_fail() {
+        let now = 10 * 3_600_000;
+        let waiting = vec![
+            WaitingTask { task_id: "old".into(), created_at_ms: now - 2 * 3_600_000 },
+            WaitingTask { task_id: "new".into(), created_at_ms: now - 60_000 },
+        ];
+        let snap = Snapshot { waiting, ..Default::default() };
+        assert_eq!(run(&snap, now), ["fail task old"]);
+    }
+
+    #[test]
+    fn budget_bounds_a_pass_and_instances_come_first() {
+        let instances: Vec<_> = (0..10).map(|i| inst(&format!("i-{i}"), None, 0)).collect();
+        let cloud_volumes = vec![cvol("p-x", None, None, 0)];
+        let snap = Snapshot { instances, cloud_volumes, ..Default::default() };
+        let got = plan(&snap, 10_000_000, &S, 3);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|a| matches!(a, GcAction::TerminateInstance { .. })));
     }
 }

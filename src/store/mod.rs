@@ -632,6 +632,71 @@ impl Store {
         Ok(())
     }
 
+    /// A VM whose instance vanished before its task started: the VM fails, its volume is let
+    /// go, and the task (if still waiting) is reserved `replacement` instead. Returns whether
+    /// the task was requeued (false when it had started or ended meanwhile: then only the VM
+    /// fails, and its task with it if running).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn requeue_task(
+        &self,
+        task_id: &str,
+        lost_vm: &str,
+        reason: &str,
+        replacement: &VmRow,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let fail_vm = format!(
+            "UPDATE vms SET state = 'failed', failure_reason = $2, failed_at = $3, state_since = $3, task_id = NULL \
+             WHERE id = $1 AND state IN {VM_LIVE}"
+        );
+        let requeued = in_tx!(&self.db, |tx| {
+            let waiting: Option<String> =
+                sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1 AND state = 'waiting' AND vm_id = $2")
+                    .bind(task_id)
+                    .bind(lost_vm)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if waiting.is_some() {
+                sqlx::query(&fail_vm).bind(lost_vm).bind(reason).bind(now).execute(&mut *tx).await?;
+                sqlx::query(
+                    "UPDATE volumes SET state = CASE WHEN provider_id IS NULL THEN 'available' ELSE 'detaching' END, \
+                     task_id = CASE WHEN provider_id IS NULL THEN NULL ELSE task_id END, \
+                     vm_id = CASE WHEN provider_id IS NULL THEN NULL ELSE vm_id END, state_since = $2 \
+                     WHERE task_id = $1 AND state IN ('creating','attaching','attached')",
+                )
+                .bind(task_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_vm!(&mut *tx, replacement)?;
+                sqlx::query("UPDATE tasks SET vm_id = $2, volume_id = NULL WHERE id = $1")
+                    .bind(task_id)
+                    .bind(&replacement.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            waiting.is_some()
+        });
+        if !requeued {
+            self.fail_vm(lost_vm, reason, now).await?;
+        }
+        Ok(requeued)
+    }
+
+    /// A volume record whose volume the provider no longer has becomes `deleted`, if it is
+    /// still unused. Returns whether it changed.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn forget_volume(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let sql = "UPDATE volumes SET state = 'deleted', state_since = $2 WHERE id = $1 AND state = 'available'";
+        let n =
+            with_pool!(&self.db, |p| sqlx::query(sql).bind(id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
     /// Marks a VM for no new work.
     ///
     /// # Errors

@@ -34,6 +34,9 @@ struct Faults {
     queue: VecDeque<(String, String, u16)>,
     /// Request bodies seen, in order.
     seen: Vec<String>,
+    /// Actions forwarded to the emulator whose answer is then withheld, as if the caller died
+    /// while waiting for it.
+    hold: Vec<String>,
 }
 
 impl FaultProxy {
@@ -54,6 +57,21 @@ impl FaultProxy {
         for _ in 0..n {
             f.queue.push_back((action.into(), code.into(), status));
         }
+    }
+
+    /// Drops every injected error not yet answered.
+    pub fn clear(&self) {
+        self.inner.lock().expect("lock").queue.clear();
+    }
+
+    /// Forwards calls of `action` but never answers them, until [`FaultProxy::release`].
+    pub fn hold(&self, action: &str) {
+        self.inner.lock().expect("lock").hold.push(action.into());
+    }
+
+    /// Answers held actions again (calls already held stay unanswered).
+    pub fn release(&self) {
+        self.inner.lock().expect("lock").hold.clear();
     }
 
     /// Request bodies of `action` seen so far (injected or forwarded).
@@ -95,6 +113,11 @@ async fn forward(
     let resp = req.body(body.to_vec()).send().await.expect("emulator");
     let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
     let bytes = resp.bytes().await.expect("body");
+    let held =
+        proxy.inner.lock().expect("lock").hold.iter().any(|a| text.split('&').any(|x| x == format!("Action={a}")));
+    if held {
+        std::future::pending::<()>().await;
+    }
     (status, [("content-type", "text/xml")], bytes.to_vec()).into_response()
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use vmfleet::config::Config;
-use vmfleet::store::{now_ms, short_id, Store, VmRow};
+use vmfleet::store::{now_ms, short_id, Store, TaskRow, VmRow};
 
 pub mod emulator;
 pub mod harness;
@@ -91,6 +91,28 @@ pub fn vm_row(pool: &str, state: &str, task: Option<&str>) -> VmRow {
         failed_at: None,
         state_since: now,
         docker_host: None,
+    }
+}
+
+/// A waiting task of `project` in `pool`.
+pub fn task_row(pool: &str, project: &str, dlc: bool) -> TaskRow {
+    TaskRow {
+        id: format!("task-{}", short_id()),
+        pool: pool.into(),
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        project: project.into(),
+        dlc,
+        state: "waiting".into(),
+        vm_id: None,
+        volume_id: None,
+        failure_reason: None,
+        created_at: now_ms(),
+        assigned_at: None,
+        released_at: None,
+        docker_client_cert: None,
+        docker_client_key: None,
     }
 }
 
