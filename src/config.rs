@@ -56,8 +56,74 @@ pub struct Config {
     /// How often the service reconciles even when nothing happened.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// Directory of scaling policy files (`*.yaml`), reloaded when they change.
+    pub policies_dir: Option<PathBuf>,
     /// Garbage collection.
     pub gc: GcConfig,
+    /// Publishing the fleet's metrics to CloudWatch and DogStatsD, and reading alarms.
+    pub metrics_out: MetricsOut,
+}
+
+/// Where the fleet's metrics go, besides `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsOut {
+    /// CloudWatch PutMetricData, when set.
+    pub cloudwatch: Option<CloudWatchOut>,
+    /// DogStatsD over UDP (Datadog agent, Telegraf), when set.
+    pub dogstatsd: Option<DogStatsdOut>,
+    /// How often the alarms of alarm-driven pools are read.
+    #[serde(with = "humantime_serde")]
+    pub alarm_poll: Duration,
+}
+
+impl Default for MetricsOut {
+    fn default() -> Self {
+        Self { cloudwatch: None, dogstatsd: None, alarm_poll: Duration::from_secs(30) }
+    }
+}
+
+/// CloudWatch publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchOut {
+    /// Namespace.
+    #[serde(default = "default_cw_namespace")]
+    pub namespace: String,
+    /// How often.
+    #[serde(default = "default_cw_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_cw_namespace() -> String {
+    "vmfleet".into()
+}
+fn default_cw_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// DogStatsD publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DogStatsdOut {
+    /// `host:port` of the agent (UDP), such as `127.0.0.1:8125`.
+    pub address: String,
+    /// Metric name prefix.
+    #[serde(default = "default_statsd_prefix")]
+    pub prefix: String,
+    /// Tags added to every metric (`env:prod`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// How often.
+    #[serde(default = "default_statsd_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_statsd_prefix() -> String {
+    "circle".into()
+}
+fn default_statsd_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Database settings.
@@ -277,9 +343,87 @@ pub struct PoolConfig {
     /// Instance types to try in order; default the resource class's type and its fallbacks.
     #[serde(default)]
     pub instance_types: Vec<String>,
-    /// Most of `min_idle` (a share; at least one VM) replaced at once after an image promotion.
+    /// Most of the warm target (a share; at least one VM) replaced at once after an image
+    /// promotion or when VMs reach `max_age`.
     #[serde(default = "default_replace_share")]
     pub max_replace_share: f64,
+    /// Idle VMs above the warm target are retired once idle this long.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Warm VMs older than this are replaced (daily cycling); `0s` turns cycling off.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Extra warm VMs as a share of busy ones (0.1: one more warm VM per ten busy).
+    #[serde(default)]
+    pub scale_factor: f64,
+    /// Working-hours windows: while one matches (the last matching one wins), its `min_idle`
+    /// holds instead of the pool's.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
+    /// Moves the warm target by the steps of a CloudWatch alarm.
+    #[serde(default)]
+    pub step_scaling: Option<PoolStepScaling>,
+}
+
+/// A schedule window of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Five-field cron; the window is every minute it matches.
+    pub cron: String,
+    /// IANA time zone the cron is read in.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Warm VMs to keep ready meanwhile.
+    pub min_idle: u32,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+/// One step: the breach (metric value minus threshold) range it covers, and the adjustment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// Lower bound of the breach; none: −∞.
+    #[serde(default)]
+    pub lower: Option<f64>,
+    /// Upper bound of the breach; none: +∞.
+    #[serde(default)]
+    pub upper: Option<f64>,
+    /// The adjustment.
+    pub adjustment: i64,
+}
+
+/// Alarm-driven warm target of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolStepScaling {
+    /// Name of the CloudWatch alarm to follow.
+    pub alarm: String,
+    /// `ChangeInCapacity` (default), `PercentChangeInCapacity` or `ExactCapacity`.
+    #[serde(default = "default_adjustment_type")]
+    pub adjustment_type: String,
+    /// The steps.
+    pub steps: Vec<StepConfig>,
+    /// No further adjustment within this of the last.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+/// `ChangeInCapacity`.
+pub fn default_adjustment_type() -> String {
+    "ChangeInCapacity".into()
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_replace_share() -> f64 {
@@ -367,7 +511,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
             reconcile_interval: Duration::from_secs(1),
+            policies_dir: None,
             gc: GcConfig::default(),
+            metrics_out: MetricsOut::default(),
         }
     }
 }
@@ -512,6 +658,75 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks one pool (of the configuration or a policy file) against the resource classes
+    /// and images. On failure: the key under `prefix`, a text to find its line by, and why.
+    pub(crate) fn check_pool(
+        &self,
+        prefix: &str,
+        pool: &PoolConfig,
+        catalog: &vmfleet_images::Catalog,
+    ) -> Result<(), (String, String, String)> {
+        let fail =
+            |key: &str, needle: &str, message: String| Err((format!("{prefix}.{key}"), needle.to_string(), message));
+        let Some(rc) = self.resource_classes.get(&pool.resource_class) else {
+            return fail(
+                "resource_class",
+                &pool.resource_class,
+                format!("unknown resource class {:?}", pool.resource_class),
+            );
+        };
+        let req = requirement(pool.executor, rc);
+        match catalog.resolve(&pool.image, &req) {
+            // Registered images and aliases live in the store; the service checks those.
+            Ok(_) | Err(vmfleet_images::ImageError::Unknown(_)) => {}
+            Err(e) => return fail("image", &pool.image, e.to_string()),
+        }
+        if !(pool.max_replace_share > 0.0 && pool.max_replace_share <= 1.0) {
+            return fail(
+                "max_replace_share",
+                "max_replace_share",
+                format!("{} is not a share above 0 and at most 1", pool.max_replace_share),
+            );
+        }
+        if !(0.0..=10.0).contains(&pool.scale_factor) {
+            return fail("scale_factor", "scale_factor", format!("{} is not between 0 and 10", pool.scale_factor));
+        }
+        if let Some(max) = pool.max_instances {
+            if max < pool.min_idle {
+                return fail("max_instances", "max_instances", format!("{max} is below min_idle {}", pool.min_idle));
+            }
+        }
+        for (j, w) in pool.schedules.iter().enumerate() {
+            if let Err(m) = vmfleet_scaler::CronWindow::parse(&w.cron, &w.timezone) {
+                let needle = if m.contains("time zone") { &w.timezone } else { &w.cron };
+                return fail(&format!("schedules[{j}]"), needle, m);
+            }
+            if let Some(max) = pool.max_instances.filter(|m| *m < w.min_idle) {
+                return fail(
+                    &format!("schedules[{j}].min_idle"),
+                    &w.cron,
+                    format!("{} is above the pool's max_instances {max}", w.min_idle),
+                );
+            }
+        }
+        if let Some(st) = &pool.step_scaling {
+            if st.alarm.trim().is_empty() {
+                return fail("step_scaling.alarm", "alarm", "must name a CloudWatch alarm".into());
+            }
+            if vmfleet_scaler::step::AdjustmentType::parse(&st.adjustment_type).is_none() {
+                return fail(
+                    "step_scaling.adjustment_type",
+                    &st.adjustment_type,
+                    format!("{:?}: use ChangeInCapacity, PercentChangeInCapacity or ExactCapacity", st.adjustment_type),
+                );
+            }
+            if let Err(m) = vmfleet_scaler::step::validate_steps(&steps(&st.steps)) {
+                return fail("step_scaling.steps", "steps", m);
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         let err = |key: &str, needle: &str, message: String| ConfigError {
             origin: match line_of(text, needle) {
@@ -564,35 +779,8 @@ impl Config {
         }
         let catalog = self.catalog();
         for (i, pool) in self.pools.iter().enumerate() {
-            let key = format!("pools[{i}]");
-            let Some(rc) = self.resource_classes.get(&pool.resource_class) else {
-                return Err(err(
-                    &format!("{key}.resource_class"),
-                    &pool.resource_class,
-                    format!("unknown resource class {:?}", pool.resource_class),
-                ));
-            };
-            let req = requirement(pool.executor, rc);
-            match catalog.resolve(&pool.image, &req) {
-                // Registered images and aliases live in the store; the service checks those.
-                Ok(_) | Err(vmfleet_images::ImageError::Unknown(_)) => {}
-                Err(e) => return Err(err(&format!("{key}.image"), &pool.image, e.to_string())),
-            }
-            if !(pool.max_replace_share > 0.0 && pool.max_replace_share <= 1.0) {
-                return Err(err(
-                    &format!("{key}.max_replace_share"),
-                    "max_replace_share",
-                    format!("{} is not a share above 0 and at most 1", pool.max_replace_share),
-                ));
-            }
-            if let Some(max) = pool.max_instances {
-                if max < pool.min_idle {
-                    return Err(err(
-                        &format!("{key}.max_instances"),
-                        "max_instances",
-                        format!("{max} is below min_idle {}", pool.min_idle),
-                    ));
-                }
+            if let Err((key, needle, message)) = self.check_pool(&format!("pools[{i}]"), pool, &catalog) {
+                return Err(err(&key, &needle, message));
             }
         }
         for t in &self.auth.tokens {
@@ -615,6 +803,24 @@ impl Config {
         }
         if self.reconcile_interval.is_zero() {
             return Err(err("reconcile_interval", "reconcile_interval", "must be above zero".into()));
+        }
+        if let Some(d) = &self.metrics_out.dogstatsd {
+            if d.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(err(
+                    "metrics_out.dogstatsd.address",
+                    "address",
+                    format!("{:?} is not host:port", d.address),
+                ));
+            }
+        }
+        if let Some(c) = &self.metrics_out.cloudwatch {
+            if c.namespace.is_empty() || c.namespace.starts_with("AWS/") {
+                return Err(err(
+                    "metrics_out.cloudwatch.namespace",
+                    "namespace",
+                    format!("{:?}: use a namespace of your own (not empty, not AWS/…)", c.namespace),
+                ));
+            }
         }
         if self.gc.interval.is_zero() {
             return Err(err("gc.interval", "interval", "must be above zero".into()));
@@ -742,6 +948,14 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
         return None;
     }
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// Steps as the planner takes them.
+pub fn steps(steps: &[StepConfig]) -> Vec<vmfleet_scaler::step::Step> {
+    steps
+        .iter()
+        .map(|s| vmfleet_scaler::step::Step { lower: s.lower, upper: s.upper, adjustment: s.adjustment })
+        .collect()
 }
 
 #[cfg(test)]

@@ -96,7 +96,16 @@ pub struct Fleet {
     pub metrics: Metrics,
     wake: Notify,
     checking: Mutex<HashSet<String>>,
-    last_gc: Mutex<i64>,
+    /// When periodic jobs (collection, alarms, publishing) last ran, by name.
+    timers: Mutex<HashMap<&'static str, i64>>,
+    /// Auto Scaling and CloudWatch clients, made on first use.
+    aws: tokio::sync::OnceCell<crate::asg::Aws>,
+    /// The scaling policies in force.
+    policies: std::sync::RwLock<Arc<crate::policy::Policies>>,
+    /// Why the policy files on disk were refused, while the last good ones stay in force.
+    policy_error: std::sync::RwLock<Option<String>>,
+    /// Alarm-driven warm targets by pool: (target, when it last changed).
+    step_targets: Mutex<HashMap<String, (u32, Option<i64>)>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -112,31 +121,7 @@ impl std::fmt::Debug for Fleet {
 pub async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     match config.provider.kind {
         ProviderKind::Ec2 => {
-            let e = &config.provider.ec2;
-            let settings = vmfleet_provisioner::ec2::Ec2Settings {
-                region: e.region.clone(),
-                endpoint_url: e.endpoint_url.clone(),
-                subnet_ids: e.subnet_ids.clone(),
-                security_group_id: e.security_group_id.clone(),
-                instance_profile: e.instance_profile.clone(),
-                use_public_ip: config.provider.use_public_ip,
-                access_key_id: e.access_key_id.clone(),
-                secret_access_key: e.secret_access_key.as_ref().map(|s| s.0.clone()),
-                ssh_address_override: e.ssh_address_override.clone(),
-                mutations_per_second: e.mutations_per_second,
-                mutation_burst: e.mutation_burst,
-                sdk_max_attempts: e.sdk_max_attempts,
-                throttle_retries: e.throttle_retries,
-                proxy: {
-                    let env = vmfleet_provisioner::ec2::ProxySettings::from_env(|k| std::env::var(k).ok());
-                    let p = &config.proxy;
-                    vmfleet_provisioner::ec2::ProxySettings {
-                        http: p.http.as_ref().map(|s| s.0.clone()).or(env.http),
-                        https: p.https.as_ref().map(|s| s.0.clone()).or(env.https),
-                        no_proxy: p.no_proxy.clone().or(env.no_proxy),
-                    }
-                },
-            };
+            let settings = ec2_settings(config);
             Ok(Arc::new(vmfleet_provisioner::ec2::Ec2Provider::new(settings).await))
         }
         ProviderKind::Local => {
@@ -150,6 +135,35 @@ pub async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>
     }
 }
 
+/// The EC2 driver's settings (shared with the Auto Scaling and CloudWatch clients).
+pub fn ec2_settings(config: &Config) -> vmfleet_provisioner::ec2::Ec2Settings {
+    let e = &config.provider.ec2;
+    vmfleet_provisioner::ec2::Ec2Settings {
+        region: e.region.clone(),
+        endpoint_url: e.endpoint_url.clone(),
+        subnet_ids: e.subnet_ids.clone(),
+        security_group_id: e.security_group_id.clone(),
+        instance_profile: e.instance_profile.clone(),
+        use_public_ip: config.provider.use_public_ip,
+        access_key_id: e.access_key_id.clone(),
+        secret_access_key: e.secret_access_key.as_ref().map(|s| s.0.clone()),
+        ssh_address_override: e.ssh_address_override.clone(),
+        mutations_per_second: e.mutations_per_second,
+        mutation_burst: e.mutation_burst,
+        sdk_max_attempts: e.sdk_max_attempts,
+        throttle_retries: e.throttle_retries,
+        proxy: {
+            let env = vmfleet_provisioner::ec2::ProxySettings::from_env(|k| std::env::var(k).ok());
+            let p = &config.proxy;
+            vmfleet_provisioner::ec2::ProxySettings {
+                http: p.http.as_ref().map(|s| s.0.clone()).or(env.http),
+                https: p.https.as_ref().map(|s| s.0.clone()).or(env.https),
+                no_proxy: p.no_proxy.clone().or(env.no_proxy),
+            }
+        },
+    }
+}
+
 impl Fleet {
     /// A fleet over `store` and `provider`.
     ///
@@ -158,6 +172,7 @@ impl Fleet {
     pub async fn new(config: Config, store: Store, provider: Arc<dyn Provider>) -> Result<Arc<Self>, StoreError> {
         let install_id = store.install_id(config.install_id.as_deref()).await?;
         let catalog = std::sync::RwLock::new(config.catalog());
+        let config_for_policies = config.clone();
         let fleet = Arc::new(Self {
             store,
             provider,
@@ -167,7 +182,11 @@ impl Fleet {
             metrics: Metrics::default(),
             wake: Notify::new(),
             checking: Mutex::new(HashSet::new()),
-            last_gc: Mutex::new(0),
+            timers: Mutex::new(HashMap::new()),
+            aws: tokio::sync::OnceCell::new(),
+            policies: std::sync::RwLock::new(Arc::new(crate::policy::Policies::from_config(&config_for_policies))),
+            policy_error: std::sync::RwLock::new(None),
+            step_targets: Mutex::new(HashMap::new()),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)
@@ -196,16 +215,56 @@ impl Fleet {
         Ok(())
     }
 
-    /// The configured pool of a pool key, if any (on-demand tasks may use pools not configured).
-    fn pool_config(&self, key: &str) -> Option<&crate::config::PoolConfig> {
-        self.config.pools.iter().find(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class) == key)
+    /// The scaling policies in force.
+    pub fn policies(&self) -> Arc<crate::policy::Policies> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why the policy files on disk were last refused, if they were.
+    pub fn policy_error(&self) -> Option<String> {
+        self.policy_error.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the policy directory (if configured) and puts it in force; when it does not
+    /// validate, the policies in force stay and the error is kept for `/status`.
+    ///
+    /// # Errors
+    /// The file, line and key of the first problem.
+    pub fn reload_policies(&self) -> Result<(), crate::config::ConfigError> {
+        let Some(dir) = &self.config.policies_dir else { return Ok(()) };
+        match crate::policy::Policies::load_dir(dir, &self.config) {
+            Ok(p) => {
+                info!(files = p.files.len(), pools = p.pools.len(), "policies in force");
+                *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                *self.policy_error.write().unwrap_or_else(|p| p.into_inner()) = None;
+                self.wake();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "policy files refused; the policies in force stay");
+                *self.policy_error.write().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The pool of a pool key, if a policy or the configuration defines it (on-demand tasks may
+    /// use pools defined nowhere).
+    fn pool_config(&self, key: &str) -> Option<crate::config::PoolConfig> {
+        self.policies().pool(key).cloned()
+    }
+
+    /// What bounds an insert into `pool`.
+    fn bounds(&self, pool: &str) -> crate::store::Bounds {
+        let p = self.policies();
+        crate::store::Bounds { pool_max: p.pool(pool).and_then(|c| c.max_instances), fleet_max: p.limits.max_instances }
     }
 
     /// Instance types to try, in order: the pool's list, else the resource class's type and its
     /// fallbacks. Never empty for a known resource class.
     fn instance_types(&self, pool: &str, resource_class: &str) -> Vec<String> {
         match self.pool_config(pool) {
-            Some(p) if !p.instance_types.is_empty() => p.instance_types.clone(),
+            Some(p) if !p.instance_types.is_empty() => p.instance_types,
             _ => match self.config.resource_classes.get(resource_class) {
                 Some(rc) => {
                     std::iter::once(rc.instance_type.clone()).chain(rc.fallback_instance_types.clone()).collect()
@@ -339,10 +398,13 @@ impl Fleet {
         };
         let on_demand = self.new_vm(executor, &req.image, &req.resource_class, Some(&task.id), now)?;
         let audit = self.event("task.request", "api", &task.id, &task.pool);
-        let a = self.store.request_task(&task, &on_demand, Some(&audit)).await?;
+        let a = self.store.request_task_within(&task, &on_demand, Some(&audit), self.bounds(&task.pool)).await?;
         self.wake();
         let mut task = task;
-        task.vm_id = Some(a.vm.id.clone());
+        task.vm_id = a.vm.as_ref().map(|v| v.id.clone());
+        if a.vm.is_none() {
+            info!(task = %task.id, pool = %task.pool, "queued: max_instances reached");
+        }
         if a.handed_over {
             task.state = "assigned".into();
             task.assigned_at = Some(now);
@@ -499,7 +561,9 @@ impl Fleet {
         }
         let gone = self.retire_released(&vms).await?;
         self.delete_volumes().await?;
+        self.step_scale(now).await;
         self.scale(&vms).await?;
+        self.publish(&vms, now).await;
         // The describe above predates this pass's terminations.
         let still: Vec<vmfleet_provisioner::Instance> =
             instances.into_iter().filter(|i| !gone.contains(&i.instance_id)).collect();
@@ -517,7 +581,7 @@ impl Fleet {
                 image_id: vm.image_id.clone(),
                 instance_type: vm.instance_type.clone(),
                 fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
-                capacity: pool.map(|p| p.capacity).unwrap_or_default(),
+                capacity: pool.as_ref().map(|p| p.capacity).unwrap_or_default(),
                 platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
                 ssh_user: vm.ssh_user.clone(),
                 ssh_public_key: vm.ssh_public_key.clone(),
@@ -695,7 +759,13 @@ impl Fleet {
         };
         let mut task = task.clone();
         task.vm_id = Some(vm.id.clone());
-        let vol = self.store.claim_volume(&task, &zone, &fresh).await?;
+        let max = self.policies().limits.max_volumes;
+        let Some(vol) = self.store.claim_volume_within(&task, &zone, &fresh, max).await? else {
+            // Every volume is in use at the bound: the task runs with a cold cache.
+            warn!(task = %task.id, project = %task.project, "no DLC volume: max_volumes reached and none is free");
+            self.audit("volume.skipped", "fleet", &task.id, "max_volumes reached and every volume is in use").await;
+            return Ok(());
+        };
         let provider_id = match &vol.provider_id {
             Some(p) => p.clone(),
             None => {
@@ -715,6 +785,24 @@ impl Fleet {
         };
         let instance = vm.instance_id.clone().unwrap_or_default();
         self.provider.attach_volume(&provider_id, &instance).await.map_err(|e| FleetError::Internal(e.to_string()))?;
+        if let Some(script) = self.provider.data_root_script(&provider_id) {
+            // A running VM (warm or on-demand): remount Docker's data root before the hand-over.
+            let target = Self::ssh_target(vm)
+                .ok_or_else(|| FleetError::Internal(format!("vm {} has no SSH address yet", vm.id)))?;
+            let session = ssh::wait_ready(&target, self.config.timeouts.ssh_connect)
+                .await
+                .map_err(|e| FleetError::Internal(format!("mounting the DLC volume: {e}")))?;
+            let out = session.exec(&script).await;
+            session.close().await;
+            let out = out.map_err(|e| FleetError::Internal(format!("mounting the DLC volume: {e}")))?;
+            if out.exit_status != Some(0) {
+                return Err(FleetError::Internal(format!(
+                    "mounting the DLC volume failed with status {:?}: {}",
+                    out.exit_status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
         self.store.set_volume_attached(&vol.id, &task.id, &vm.id, now_ms()).await?;
         Ok(())
     }
@@ -778,59 +866,71 @@ impl Fleet {
         Ok(())
     }
 
-    /// Warm pools: observe, plan with the scaler, re-check, act.
+    /// Warm pools and queued tasks: observe, plan with the scaler, re-check, act.
     async fn scale(&self, vms: &[VmRow]) -> Result<(), FleetError> {
-        if self.config.pools.is_empty() || self.store.paused().await? {
+        if self.store.paused().await? {
             return Ok(());
         }
-        let counts = self.store.counts().await?;
+        let policies = self.policies();
+        let queued = self.store.queued_tasks().await?;
+        if policies.pools.is_empty() && queued.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut keys: Vec<String> =
+            policies.pools.iter().map(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class)).collect();
+        for t in &queued {
+            if !keys.contains(&t.pool) {
+                keys.push(t.pool.clone());
+            }
+        }
+        let steps = self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut pools = Vec::new();
-        for p in &self.config.pools {
-            let key = pool_key(p.executor.as_str(), &p.image, &p.resource_class);
+        for key in &keys {
+            let cfg = policies.pool(key);
             // A promotion changes what the pool's image resolves to; idle VMs on the old one are
             // outdated. (A pool whose image no longer resolves keeps its VMs.)
-            let current = self.resolve_image(p.executor, &p.image, &p.resource_class).ok().map(|(id, _)| id);
-            let mut obs = vmfleet_scaler::PoolObservation { pool: key.clone(), ..Default::default() };
-            for vm in vms.iter().filter(|v| v.pool == key) {
-                match vm.vm_state() {
-                    Some(VmState::Ready) if !vm.draining => obs.idle.push(vmfleet_scaler::IdleVm {
-                        vm_id: vm.id.clone(),
-                        ready_at_ms: vm.ready_at.unwrap_or(vm.requested_at),
-                        outdated: current.as_ref().is_some_and(|c| *c != vm.image_id),
-                    }),
-                    Some(VmState::Requested | VmState::Provisioning | VmState::Booting) if vm.task_id.is_none() => {
-                        obs.starting += 1
-                    }
-                    Some(VmState::Releasing | VmState::Terminating) => {}
-                    Some(_) => obs.busy += 1,
-                    None => {}
-                }
-            }
-            obs.waiting = counts
-                .tasks
-                .iter()
-                .filter(|(pool, state, _)| *pool == key && state == "waiting")
-                .map(|(_, _, n)| *n as u32)
-                .sum();
-            let policy = vmfleet_scaler::PoolPolicy {
-                min_idle: p.min_idle,
-                max_instances: p.max_instances,
-                max_replace_share: p.max_replace_share,
+            let current =
+                cfg.and_then(|p| self.resolve_image(p.executor, &p.image, &p.resource_class).ok()).map(|(id, _)| id);
+            let mut obs = observe(key, vms, current.as_deref());
+            obs.queued = queued.iter().filter(|t| t.pool == *key).count() as u32;
+            let policy = match cfg {
+                Some(p) => scaler_policy(p, steps.get(key).map(|s| s.0)),
+                None => vmfleet_scaler::PoolPolicy { max_replace_share: 0.25, ..Default::default() },
             };
             pools.push((obs, policy));
         }
-        // Instances outside configured pools count against the fleet bound too.
-        let configured: HashSet<&str> = pools.iter().map(|(o, _)| o.pool.as_str()).collect();
-        let others = vms
-            .iter()
-            .filter(|v| !configured.contains(v.pool.as_str()))
-            .filter(|v| !matches!(v.vm_state(), Some(VmState::Releasing | VmState::Terminating)))
-            .count() as u32;
-        let fleet_max = self.config.limits.max_instances.map(|m| m.saturating_sub(others));
-        for action in vmfleet_scaler::plan(&pools, fleet_max) {
+        // Instances of pools outside the plan count against the fleet bound too.
+        let others =
+            vms.iter().filter(|v| !keys.contains(&v.pool)).filter(|v| v.vm_state().is_some_and(is_live)).count() as u32;
+        let fleet_max = policies.limits.max_instances.map(|m| m.saturating_sub(others));
+        for action in vmfleet_scaler::plan(&pools, fleet_max, now) {
             match action {
+                vmfleet_scaler::ScaleAction::LaunchForTasks { pool, count, reason } => {
+                    let mut done = 0;
+                    for t in queued.iter().filter(|t| t.pool == pool).take(count as usize) {
+                        let Some(ex) = Executor::parse(&t.executor) else { continue };
+                        let vm = match self.new_vm(ex, &t.image, &t.resource_class, Some(&t.id), now_ms()) {
+                            Ok(vm) => vm,
+                            Err(e) => {
+                                self.store.fail_task(&t.id, &format!("no VM can be made: {e}"), now_ms()).await?;
+                                continue;
+                            }
+                        };
+                        // Re-check: still queued, and the bounds still leave room.
+                        if !self.store.reserve_vm_for_task(&t.id, &vm, self.bounds(&pool)).await? {
+                            break;
+                        }
+                        done += 1;
+                    }
+                    if done > 0 {
+                        info!(%pool, count = done, %reason, "on-demand launch for queued tasks");
+                        self.wake();
+                    }
+                }
                 vmfleet_scaler::ScaleAction::Launch { pool, count, reason } => {
-                    let Some(p) = self.pool_config(&pool) else { continue };
+                    let Some(p) = policies.pool(&pool) else { continue };
+                    let mut done = 0;
                     for _ in 0..count {
                         let vm = match self.new_vm(p.executor, &p.image, &p.resource_class, None, now_ms()) {
                             Ok(vm) => vm,
@@ -840,10 +940,15 @@ impl Fleet {
                                 break;
                             }
                         };
-                        self.store.insert_vm(&vm).await?;
+                        if !self.store.insert_vm_within(&vm, self.bounds(&pool)).await? {
+                            break;
+                        }
+                        done += 1;
                     }
-                    info!(%pool, count, %reason, "warm launch");
-                    self.wake();
+                    if done > 0 {
+                        info!(%pool, count = done, %reason, "warm launch");
+                        self.wake();
+                    }
                 }
                 vmfleet_scaler::ScaleAction::Terminate { vm_id, reason, .. } => {
                     // Re-check: only if it is still idle (a task may have just claimed it).
@@ -857,15 +962,166 @@ impl Fleet {
         Ok(())
     }
 
+    /// Whether the periodic job `name` is due (and if so, marks it run at `now`).
+    fn due(&self, name: &'static str, every: Duration, now: i64) -> bool {
+        let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let last = t.get(name).copied();
+        if last.is_some_and(|l| now - l < every.as_millis() as i64) {
+            return false;
+        }
+        t.insert(name, now);
+        true
+    }
+
+    /// The Auto Scaling and CloudWatch clients.
+    pub async fn aws(&self) -> &crate::asg::Aws {
+        self.aws.get_or_init(|| crate::asg::Aws::new(&self.config)).await
+    }
+
+    /// The alarm-driven warm target of a pool, if its alarm has moved it.
+    pub fn step_target(&self, pool: &str) -> Option<u32> {
+        self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).get(pool).map(|s| s.0)
+    }
+
+    /// Reads the alarms of alarm-driven pools and moves their warm targets by the matching
+    /// step, with the semantics of an AWS step scaling policy. The target never falls below
+    /// the pool's (scheduled) `min_idle` nor rises above its `max_instances`.
+    pub async fn step_scale(&self, now: i64) {
+        let policies = self.policies();
+        let driven: Vec<(String, &crate::config::PoolConfig, &crate::config::PoolStepScaling)> = policies
+            .pools
+            .iter()
+            .filter_map(|p| {
+                let st = p.step_scaling.as_ref()?;
+                Some((pool_key(p.executor.as_str(), &p.image, &p.resource_class), p, st))
+            })
+            .collect();
+        if driven.is_empty() || !self.due("alarms", self.config.metrics_out.alarm_poll, now) {
+            return;
+        }
+        let mut names: Vec<String> = driven.iter().map(|(_, _, st)| st.alarm.clone()).collect();
+        names.sort();
+        names.dedup();
+        let alarms = match self.aws().await.alarms(&names).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "reading alarms failed; warm targets stay");
+                return;
+            }
+        };
+        for (key, p, st) in driven {
+            let Some(alarm) = alarms.get(&st.alarm) else {
+                warn!(pool = %key, alarm = %st.alarm, "the pool's alarm does not exist");
+                continue;
+            };
+            let policy = scaler_policy(p, None);
+            let floor = vmfleet_scaler::schedule::scheduled_min_idle(p.min_idle, &policy.schedules, now);
+            let ceiling = p.max_instances.unwrap_or(u32::MAX);
+            let step = vmfleet_scaler::step::StepPolicy {
+                adjustment_type: vmfleet_scaler::step::AdjustmentType::parse(&st.adjustment_type)
+                    .unwrap_or(vmfleet_scaler::step::AdjustmentType::ChangeInCapacity),
+                steps: crate::config::steps(&st.steps),
+                cooldown_ms: st.cooldown.as_millis() as i64,
+            };
+            let reading = vmfleet_scaler::step::AlarmReading {
+                in_alarm: alarm.state == "ALARM",
+                value: alarm.value,
+                threshold: alarm.threshold,
+            };
+            let (current, last) = {
+                let t = self.step_targets.lock().unwrap_or_else(|p| p.into_inner());
+                t.get(&key).copied().unwrap_or((floor, None))
+            };
+            let current = current.max(floor);
+            if let Some((target, reason)) =
+                vmfleet_scaler::step::next_target(current, &step, &reading, last, now, floor, ceiling)
+            {
+                self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (target, Some(now)));
+                info!(pool = %key, alarm = %st.alarm, target, %reason, "step scaling");
+                self.audit("pool.scale", "scaler", &key, &reason).await;
+                self.wake();
+            }
+        }
+    }
+
+    /// Publishes per-pool numbers to CloudWatch and DogStatsD when each is due.
+    pub async fn publish(&self, vms: &[VmRow], now: i64) {
+        let out = &self.config.metrics_out;
+        let cw = out.cloudwatch.as_ref().filter(|c| self.due("cloudwatch", c.interval, now));
+        let sd = out.dogstatsd.as_ref().filter(|d| self.due("dogstatsd", d.interval, now));
+        if cw.is_none() && sd.is_none() {
+            return;
+        }
+        let (stats, fleet_p95) = match self.pool_stats(vms, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics not published");
+                return;
+            }
+        };
+        if let Some(c) = cw {
+            let data = crate::metrics_out::cloudwatch_data(&stats, fleet_p95);
+            if let Err(e) = self.aws().await.put_metrics(&c.namespace, &data).await {
+                warn!(error = %e, "CloudWatch metrics not published");
+            }
+        }
+        if let Some(d) = sd {
+            let lines = crate::metrics_out::dogstatsd_lines(&d.prefix, &d.tags, &stats);
+            if let Err(e) = send_udp(&d.address, &crate::metrics_out::datagrams(&lines, 1432)).await {
+                warn!(error = %e, address = %d.address, "DogStatsD metrics not sent");
+            }
+        }
+    }
+
+    /// Per-pool numbers now, and the fleet-wide queue-time p95 over the last minute.
+    async fn pool_stats(
+        &self,
+        vms: &[VmRow],
+        now: i64,
+    ) -> Result<(std::collections::BTreeMap<String, crate::metrics_out::PoolStats>, Option<f64>), FleetError> {
+        use crate::metrics_out::{p95, PoolStats};
+        let policies = self.policies();
+        let counts = self.store.counts().await?;
+        let mut stats: std::collections::BTreeMap<String, PoolStats> = std::collections::BTreeMap::new();
+        for p in &policies.pools {
+            stats.entry(pool_key(p.executor.as_str(), &p.image, &p.resource_class)).or_default();
+        }
+        for (pool, state, n) in &counts.tasks {
+            if state == "waiting" {
+                stats.entry(pool.clone()).or_default().waiting += *n as u32;
+            }
+        }
+        for vm in vms {
+            stats.entry(vm.pool.clone()).or_default();
+        }
+        for (key, s) in stats.iter_mut() {
+            let obs = observe(key, vms, None);
+            s.idle = obs.idle.len() as u32;
+            s.busy = obs.busy;
+            if let Some(p) = policies.pool(key) {
+                s.target = vmfleet_scaler::warm_target(&obs, &scaler_policy(p, self.step_target(key)), now);
+            }
+        }
+        let mut all = Vec::new();
+        let mut by_pool: HashMap<String, Vec<f64>> = HashMap::new();
+        for (pool, ms) in self.store.queue_times(now - 60_000).await? {
+            let s = ms as f64 / 1000.0;
+            all.push(s);
+            by_pool.entry(pool).or_default().push(s);
+        }
+        for (pool, mut v) in by_pool {
+            if let Some(s) = stats.get_mut(&pool) {
+                s.queue_p95_s = p95(&mut v);
+            }
+        }
+        Ok((stats, p95(&mut all)))
+    }
+
     /// Garbage collection within the reconcile pass, on the instances it already described,
     /// once every `gc.interval`.
     async fn collect(&self, instances: &[vmfleet_provisioner::Instance], now: i64) -> Result<(), FleetError> {
-        {
-            let mut last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
-            if now - *last < self.config.gc.interval.as_millis() as i64 {
-                return Ok(());
-            }
-            *last = now;
+        if !self.due("gc", self.config.gc.interval, now) {
+            return Ok(());
         }
         let volumes = self
             .provider
@@ -1321,6 +1577,65 @@ fn gc_volume(v: &VolumeRow) -> Option<vmfleet_gc::VolumeRecord> {
         last_used_at_ms: v.last_used_at,
         state_since_ms: v.state_since,
     })
+}
+
+/// One pool as the scaler sees it. `current` is the image id the pool resolves to now; idle
+/// VMs of another are outdated.
+fn observe(key: &str, vms: &[VmRow], current: Option<&str>) -> vmfleet_scaler::PoolObservation {
+    let mut obs = vmfleet_scaler::PoolObservation { pool: key.to_string(), ..Default::default() };
+    for vm in vms.iter().filter(|v| v.pool == key) {
+        match vm.vm_state() {
+            Some(VmState::Ready) if !vm.draining && vm.task_id.is_none() => obs.idle.push(vmfleet_scaler::IdleVm {
+                vm_id: vm.id.clone(),
+                ready_at_ms: vm.ready_at.unwrap_or(vm.requested_at),
+                launched_at_ms: vm.requested_at,
+                outdated: current.is_some_and(|c| c != vm.image_id),
+            }),
+            Some(VmState::Requested | VmState::Provisioning | VmState::Booting) if vm.task_id.is_none() => {
+                obs.starting += 1
+            }
+            Some(VmState::Releasing | VmState::Terminating) => obs.retiring += 1,
+            Some(VmState::Terminated | VmState::Failed) | None => {}
+            Some(_) => obs.busy += 1,
+        }
+    }
+    obs
+}
+
+/// A pool's policy as the scaler takes it.
+fn scaler_policy(p: &crate::config::PoolConfig, step_target: Option<u32>) -> vmfleet_scaler::PoolPolicy {
+    vmfleet_scaler::PoolPolicy {
+        min_idle: p.min_idle,
+        max_instances: p.max_instances,
+        max_replace_share: p.max_replace_share,
+        idle_timeout_ms: p.idle_timeout.as_millis() as i64,
+        max_age_ms: (!p.max_age.is_zero()).then_some(p.max_age.as_millis() as i64),
+        scale_factor: p.scale_factor,
+        // Checked when the policy was loaded.
+        schedules: p
+            .schedules
+            .iter()
+            .filter_map(|w| {
+                let cron = vmfleet_scaler::CronWindow::parse(&w.cron, &w.timezone).ok()?;
+                Some(vmfleet_scaler::Window { cron, min_idle: w.min_idle })
+            })
+            .collect(),
+        step_target,
+    }
+}
+
+/// Sends datagrams to `address` (`host:port`) from an ephemeral local port.
+async fn send_udp(address: &str, datagrams: &[String]) -> std::io::Result<()> {
+    let target = tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let local = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = tokio::net::UdpSocket::bind(local).await?;
+    for d in datagrams {
+        sock.send_to(d.as_bytes(), target).await?;
+    }
+    Ok(())
 }
 
 fn validate_project(p: &str) -> Result<(), FleetError> {

@@ -5,11 +5,14 @@
 //! and the pure planners in `vmfleet-scaler` and `vmfleet-gc`.
 
 pub mod api;
+pub mod asg;
 pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod fleet;
 pub mod metrics;
+pub mod metrics_out;
+pub mod policy;
 pub mod server;
 pub mod store;

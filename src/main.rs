@@ -70,6 +70,9 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Scaling policies: check a file; apply its Auto Scaling resources to AWS.
+    #[command(subcommand)]
+    Policies(PoliciesCmd),
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -111,6 +114,20 @@ enum VmsCmd {
     Drain { id: String },
     /// Destroy a VM now (a task on it fails).
     Destroy { id: String },
+}
+
+#[derive(Subcommand)]
+enum PoliciesCmd {
+    /// Check a policy file (against the configuration's resource classes and images).
+    Validate { file: PathBuf },
+    /// Create, update or delete the Auto Scaling policies, alarms, scheduled actions and
+    /// lifecycle hooks the file's `asg_policies` describe; prints the plan.
+    Apply {
+        file: PathBuf,
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +357,55 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(2));
             }
         },
+        Cmd::Policies(PoliciesCmd::Validate { file }) => {
+            let config = load_config(cli.config.as_deref())?;
+            match vmfleet::policy::Policies::load_file(file, &config) {
+                Ok(p) => {
+                    let windows: usize = p.pools.iter().map(|p| p.schedules.len()).sum();
+                    println!(
+                        "{}: ok: {} pools ({} schedule windows), {} Auto Scaling groups",
+                        file.display(),
+                        p.pools.len() - config.pools.len(),
+                        windows,
+                        p.asg.len()
+                    );
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(std::process::ExitCode::from(2));
+                }
+            }
+        }
+        Cmd::Policies(PoliciesCmd::Apply { file, dry_run }) => {
+            let config = load_config(cli.config.as_deref())?;
+            let policies = match vmfleet::policy::Policies::load_file(file, &config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(std::process::ExitCode::from(2));
+                }
+            };
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = vmfleet::store::Store::open(&config.database_url(), 2).await?;
+            let install = store.install_id(config.install_id.as_deref()).await?;
+            let aws = vmfleet::asg::Aws::new(&config).await;
+            let plan = aws.plan(&install, &policies.asg).await?;
+            let mut changes = 0;
+            for c in &plan {
+                println!("{:<9} {:<16} {} {}", c.action.as_str(), c.key.kind.as_str(), c.key.asg, c.key.name);
+                if c.action != vmfleet_scaler::asg::Action::Unchanged {
+                    changes += 1;
+                }
+            }
+            if changes == 0 {
+                println!("no changes");
+            } else if *dry_run {
+                println!("{changes} changes (dry run: nothing done)");
+            } else {
+                aws.apply(&install, &plan).await?;
+                println!("{changes} changes applied");
+            }
+        }
         Cmd::Status(f) => {
             let config = load_config(cli.config.as_deref())?;
             let s: Summary = client(&cli, &config)?.get("/api/v1/summary").await?;

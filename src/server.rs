@@ -39,8 +39,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let provider = build_provider(&config).await?;
     let auth = Authenticator::new(&config.auth.tokens, store.clone());
     let fleet = Fleet::new(config, store, provider).await?;
+    fleet.reload_policies().map_err(|e| anyhow::anyhow!("policies: {e}"))?;
     let shutdown = Shutdown::default();
     tokio::spawn(fleet.clone().run(shutdown.clone()));
+    if let Some(dir) = fleet.config.policies_dir.clone() {
+        tokio::spawn(watch_policies(fleet.clone(), dir, shutdown.clone()));
+    }
     let config_error = Arc::new(RwLock::new(None));
     if let Some(path) = config_path {
         tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
@@ -111,4 +115,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         })
         .await?;
     Ok(())
+}
+
+/// Reloads the policy files when they change (checked every 2 s); a set that does not validate
+/// is refused whole and the policies in force stay.
+async fn watch_policies(fleet: Arc<Fleet>, dir: PathBuf, shutdown: Shutdown) {
+    let mut seen = crate::policy::fingerprint(&dir);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let now = crate::policy::fingerprint(&dir);
+        if now != seen {
+            seen = now;
+            let _ = fleet.reload_policies();
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use base64::Engine;
-use common::emulator::{any_key_sshd, moto_url, FaultProxy};
+use common::emulator::{any_key_sshd, moto_url, recording_sshd, FaultProxy};
 use vmfleet_provisioner::ec2::{Ec2Provider, Ec2Settings};
 use vmfleet_provisioner::{LaunchSpec, Platform, Provider, ProvisionError, VolumeSpec};
 
@@ -312,7 +312,7 @@ async fn throttling_is_retried_with_backoff_and_ends() {
 async fn fleet_on_ec2_requests_releases_and_attaches_dlc_in_the_right_zone() {
     let Some(moto) = moto_url() else { return };
     let Some(e) = env_with(|_| {}).await else { return };
-    let sshd = any_key_sshd().await;
+    let (sshd, commands) = recording_sshd().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::test_config(dir.path());
     config.provider.kind = vmfleet::config::ProviderKind::Ec2;
@@ -363,6 +363,14 @@ async fn fleet_on_ec2_requests_releases_and_attaches_dlc_in_the_right_zone() {
     );
     let d = c.describe_volumes().volume_ids(vol.provider_id.as_deref().expect("pid")).send().await.expect("vol");
     assert_eq!(d.volumes()[0].attachments().first().and_then(|a| a.instance_id()), Some(instance_id.as_str()));
+    // Before the hand-over, the attached volume was made Docker's data root over SSH.
+    let serial = vol.provider_id.as_deref().expect("pid").replace('-', "");
+    let ran = commands.lock().expect("lock").clone();
+    assert!(
+        ran.iter()
+            .any(|c| c.contains(&format!("nvme-Amazon_Elastic_Block_Store_{serial}")) && c.contains("/var/lib/docker")),
+        "{ran:?}"
+    );
 
     fleet.release_task(&task.id).await.expect("release");
     common::eventually(60, || {

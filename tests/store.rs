@@ -76,7 +76,7 @@ async fn warm_vm_is_handed_over_else_on_demand(s: Store) {
     let t1 = task("p", false);
     let a = s.request_task(&t1, &vm_row(POOL, "requested", Some(&t1.id)), None).await.expect("request");
     assert!(a.warm && a.handed_over);
-    assert_eq!(a.vm.id, warm.id);
+    assert_eq!(a.vm.as_ref().expect("vm").id, warm.id);
     let t1 = s.task(&t1.id).await.expect("task");
     assert_eq!((t1.state.as_str(), t1.vm_id.as_deref()), ("assigned", Some(warm.id.as_str())));
     assert_eq!(s.vm(&warm.id).await.expect("vm").state, "assigned");
@@ -113,7 +113,11 @@ async fn concurrent_requests_never_share_a_vm(s: Store) {
     for h in handles {
         let a = h.await.expect("join");
         if a.warm {
-            assert!(warm.insert(a.vm.id.clone()), "vm {} handed out twice", a.vm.id);
+            assert!(
+                warm.insert(a.vm.as_ref().expect("vm").id.clone()),
+                "vm {} handed out twice",
+                a.vm.as_ref().expect("vm").id
+            );
         } else {
             on_demand += 1;
         }
@@ -126,16 +130,16 @@ async fn release_retires_vm_and_volume(s: Store) {
     let mut t = task("p", true);
     let a = s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request");
     assert!(a.warm && !a.handed_over, "a DLC task waits for its volume");
-    t.vm_id = Some(a.vm.id.clone());
+    t.vm_id = Some(a.vm.as_ref().expect("vm").id.clone());
     let vol = s.claim_volume(&t, "z1", &volume("p", &t)).await.expect("claim");
     s.set_volume_provider_id(&vol.id, "pv-1", now_ms()).await.expect("provider id");
-    s.set_volume_attached(&vol.id, &t.id, &a.vm.id, now_ms()).await.expect("attach");
-    s.hand_over(&t.id, &a.vm.id, now_ms()).await.expect("hand over");
+    s.set_volume_attached(&vol.id, &t.id, &a.vm.as_ref().expect("vm").id, now_ms()).await.expect("attach");
+    s.hand_over(&t.id, &a.vm.as_ref().expect("vm").id, now_ms()).await.expect("hand over");
     assert_eq!(s.task(&t.id).await.expect("task").state, "assigned");
 
     let released = s.release_task(&t.id, now_ms()).await.expect("release");
     assert_eq!(released.state, "released");
-    assert_eq!(s.vm(&a.vm.id).await.expect("vm").state, "releasing", "VMs are never reused");
+    assert_eq!(s.vm(&a.vm.as_ref().expect("vm").id).await.expect("vm").state, "releasing", "VMs are never reused");
     assert_eq!(s.volume(&vol.id).await.expect("vol").state, "detaching");
     s.set_volume_detached(&vol.id, now_ms()).await.expect("detached");
     let v = s.volume(&vol.id).await.expect("vol");
@@ -271,9 +275,12 @@ async fn lost_vm_requeues_a_waiting_task_and_fails_a_running_one(s: Store) {
     let a = s.request_task(&t2, &vm_row(POOL, "requested", Some(&t2.id)), None).await.expect("request");
     assert!(a.handed_over);
     let spare = vm_row(POOL, "requested", Some(&t2.id));
-    assert!(!s.requeue_task(&t2.id, &a.vm.id, "lost: gone", &spare, now_ms()).await.expect("requeue"));
+    assert!(!s
+        .requeue_task(&t2.id, &a.vm.as_ref().expect("vm").id, "lost: gone", &spare, now_ms())
+        .await
+        .expect("requeue"));
     assert!(matches!(s.vm(&spare.id).await, Err(StoreError::NotFound(_))), "no replacement recorded");
-    assert_eq!(s.vm(&a.vm.id).await.expect("vm").state, "failed");
+    assert_eq!(s.vm(&a.vm.as_ref().expect("vm").id).await.expect("vm").state, "failed");
     let t2 = s.task(&t2.id).await.expect("task");
     assert_eq!((t2.state.as_str(), t2.failure_reason.as_deref()), ("failed", Some("lost: gone")));
 }

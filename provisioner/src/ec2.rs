@@ -239,41 +239,7 @@ pub fn windows_user_data(public_key: &str) -> String {
 impl Ec2Provider {
     /// Builds the client (credentials from the settings or the default chain).
     pub async fn new(settings: Ec2Settings) -> Self {
-        use aws_config::retry::RetryConfig;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(settings.region.clone()))
-            .retry_config(RetryConfig::adaptive().with_max_attempts(settings.sdk_max_attempts.max(1)));
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let endpoint =
-            settings.endpoint_url.clone().unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", settings.region));
-        match settings.proxy.config(&endpoint) {
-            Ok(Some(proxy)) => {
-                use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider as Tls};
-                let client = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |s, rc| {
-                    let mut b = aws_smithy_http_client::Connector::builder().proxy_config(proxy.clone());
-                    b.set_connector_settings(s.cloned());
-                    if let Some(sleep) = rc.and_then(|rc| rc.sleep_impl()) {
-                        b.set_sleep_impl(Some(sleep));
-                    }
-                    b.tls_provider(Tls::Rustls(CryptoMode::AwsLc)).build()
-                });
-                loader = loader.http_client(client);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "ignoring the proxy setting"),
-        }
-        if let (Some(ak), Some(sk)) = (&settings.access_key_id, &settings.secret_access_key) {
-            loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                ak.clone(),
-                sk.clone(),
-                None,
-                None,
-                "vmfleet-config",
-            ));
-        }
-        let sdk = loader.load().await;
+        let sdk = sdk_config(&settings).await;
         let bucket = Bucket::new(settings.mutations_per_second, settings.mutation_burst);
         Self {
             client: aws_sdk_ec2::Client::new(&sdk),
@@ -741,6 +707,10 @@ impl Provider for Ec2Provider {
         self.wait_volume(provider_volume_id, VolumeState::InUse).await
     }
 
+    fn data_root_script(&self, provider_volume_id: &str) -> Option<String> {
+        Some(docker_data_root_script(provider_volume_id))
+    }
+
     async fn detach_volume(&self, provider_volume_id: &str, instance_id: &str) -> Result<(), ProvisionError> {
         match self.describe_volumes_by_id(provider_volume_id).await? {
             None => return Err(ProvisionError::NotFound(format!("volume {provider_volume_id}"))),
@@ -837,9 +807,87 @@ fn to_volume(v: &aws_sdk_ec2::types::Volume) -> Option<Volume> {
     })
 }
 
+/// The AWS SDK configuration for `settings`: region, endpoint, credentials, retries and proxy.
+/// The Auto Scaling and CloudWatch clients share it with the EC2 driver.
+pub async fn sdk_config(settings: &Ec2Settings) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .retry_config(RetryConfig::adaptive().with_max_attempts(settings.sdk_max_attempts.max(1)));
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let endpoint =
+        settings.endpoint_url.clone().unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", settings.region));
+    match settings.proxy.config(&endpoint) {
+        Ok(Some(proxy)) => {
+            use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider as Tls};
+            let client = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |s, rc| {
+                let mut b = aws_smithy_http_client::Connector::builder().proxy_config(proxy.clone());
+                b.set_connector_settings(s.cloned());
+                if let Some(sleep) = rc.and_then(|rc| rc.sleep_impl()) {
+                    b.set_sleep_impl(Some(sleep));
+                }
+                b.tls_provider(Tls::Rustls(CryptoMode::AwsLc)).build()
+            });
+            loader = loader.http_client(client);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "ignoring the proxy setting"),
+    }
+    if let (Some(ak), Some(sk)) = (&settings.access_key_id, &settings.secret_access_key) {
+        loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            ak.clone(),
+            sk.clone(),
+            None,
+            None,
+            "vmfleet-config",
+        ));
+    }
+    loader.load().await
+}
+
+/// Makes an attached EBS volume Docker's data root on a running instance: finds its device
+/// (NVMe instances name it by volume id, older ones `/dev/xvdf`), formats it if blank, stops
+/// Docker, mounts it on `/var/lib/docker` and starts Docker again. Running it twice is
+/// harmless.
+pub fn docker_data_root_script(volume_id: &str) -> String {
+    let serial = volume_id.replace('-', "");
+    format!(
+        r#"set -eu
+if mountpoint -q /var/lib/docker; then echo "dlc: already mounted"; exit 0; fi
+dev=""
+for _ in $(seq 60); do
+  for d in /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial} /dev/xvdf /dev/sdf; do
+    if [ -b "$d" ]; then dev=$(readlink -f "$d"); break; fi
+  done
+  [ -n "$dev" ] && break
+  sleep 1
+done
+[ -n "$dev" ] || {{ echo "volume {volume_id} did not appear as a block device" >&2; exit 1; }}
+sudo blkid "$dev" >/dev/null 2>&1 || sudo mkfs.ext4 -q -L vmfleet-dlc "$dev"
+sudo systemctl stop docker.socket docker 2>/dev/null || true
+sudo mkdir -p /var/lib/docker
+sudo mount "$dev" /var/lib/docker
+sudo systemctl start docker 2>/dev/null || true
+echo "dlc: mounted $dev on /var/lib/docker"
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_root_script_finds_the_volume_by_its_nvme_serial_and_is_idempotent() {
+        let s = docker_data_root_script("vol-0abc123");
+        assert!(s.contains("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc123"));
+        assert!(s.contains("mountpoint -q /var/lib/docker"), "a second run is a no-op");
+        assert!(s.contains("mount \"$dev\" /var/lib/docker"));
+        let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&s).output().expect("sh");
+        assert!(out.status.success(), "valid shell: {}", String::from_utf8_lossy(&out.stderr));
+    }
 
     #[test]
     fn user_data_installs_the_key() {

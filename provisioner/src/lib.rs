@@ -230,6 +230,12 @@ pub trait Provider: Send + Sync {
     async fn attach_volume(&self, provider_volume_id: &str, instance_id: &str) -> Result<(), ProvisionError>;
     /// Detaches a volume from an instance.
     async fn detach_volume(&self, provider_volume_id: &str, instance_id: &str) -> Result<(), ProvisionError>;
+    /// A shell script to run on the instance (over SSH, as the VM's user) after
+    /// [`Provider::attach_volume`], making the attached volume Docker's data root; `None` when
+    /// attaching already did that (the local provider binds the directory).
+    fn data_root_script(&self, _provider_volume_id: &str) -> Option<String> {
+        None
+    }
     /// Deletes a volume; a volume that is already gone is success.
     async fn delete_volume(&self, provider_volume_id: &str) -> Result<(), ProvisionError>;
     /// What the cloud knows of an image id: `Ok(None)` when this driver has no images to check

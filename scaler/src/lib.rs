@@ -1,14 +1,23 @@
 //! The pool planner.
 //!
-//! `plan` is a pure function from what the fleet looks like now (per pool: idle, booting and
-//! busy VMs) and the operator's policy to the actions that bring each pool to its warm target:
-//! launch N warm VMs, or retire idle warm VMs above the target. It reads no clock and does no
-//! I/O; the service observes, calls it, re-checks each action against fresh state and acts, and
-//! the simulator drives the same function.
+//! `plan` is a pure function from the operator's policies, the time, and what the fleet looks
+//! like now (per pool: idle, starting, busy and retiring VMs, and tasks queued without a VM) to
+//! the actions that bring each pool to its warm target: launch VMs for queued tasks, launch
+//! warm VMs, retire idle ones. It reads no clock and does no I/O; the service observes, calls
+//! it, re-checks each action against fresh state and acts, and the simulator drives the same
+//! function.
 //!
 //! # Guarantees
 //! A VM with a task is never chosen for termination. Launches never take a pool above its
-//! `max_instances`, nor the fleet above the global bound. Output order is deterministic.
+//! `max_instances`, nor the fleet above the global bound (instances in every state count).
+//! Replacing outdated or aged VMs launches first and retires after, so the ready count never
+//! drops below target. Output order is deterministic.
+
+pub mod asg;
+pub mod schedule;
+pub mod step;
+
+pub use schedule::{CronWindow, Window};
 
 /// One idle (ready, unassigned) VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +26,8 @@ pub struct IdleVm {
     pub vm_id: String,
     /// When it became ready, ms since the epoch.
     pub ready_at_ms: i64,
+    /// When it was requested (its age counts from here), ms since the epoch.
+    pub launched_at_ms: i64,
     /// Built from an image its pool no longer resolves to: to be replaced.
     pub outdated: bool,
 }
@@ -32,31 +43,52 @@ pub struct PoolObservation {
     pub starting: u32,
     /// VMs reserved for or running a task.
     pub busy: u32,
-    /// Tasks waiting without a VM.
-    pub waiting: u32,
+    /// VMs being released or terminated: still instances until they are gone.
+    pub retiring: u32,
+    /// Tasks waiting without a VM (held back by a bound).
+    pub queued: u32,
 }
 
 impl PoolObservation {
-    /// Every live instance of the pool.
+    /// Every instance of the pool, in every state.
     pub fn total(&self) -> u32 {
-        self.idle.len() as u32 + self.starting + self.busy
+        self.idle.len() as u32 + self.starting + self.busy + self.retiring
     }
 }
 
 /// The operator's policy for one pool.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PoolPolicy {
-    /// Warm VMs to keep ready.
+    /// Warm VMs to keep ready outside schedule windows.
     pub min_idle: u32,
     /// Hard bound on the pool's instances in every state.
     pub max_instances: Option<u32>,
-    /// Most of `min_idle` (as a share, at least one VM) being replaced at once.
+    /// Most of the warm target (as a share, at least one VM) being replaced at once.
     pub max_replace_share: f64,
+    /// Idle VMs above the warm target are retired once idle this long.
+    pub idle_timeout_ms: i64,
+    /// Warm VMs older than this (less up to a tenth as jitter) are replaced.
+    pub max_age_ms: Option<i64>,
+    /// Extra warm VMs as a share of busy ones.
+    pub scale_factor: f64,
+    /// Working-hours windows; the last matching one sets `min_idle`.
+    pub schedules: Vec<Window>,
+    /// A warm target set by step scaling (an alarm); the target is at least this.
+    pub step_target: Option<u32>,
 }
 
 /// What the planner decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScaleAction {
+    /// Launch on-demand VMs for `count` queued tasks of `pool`, oldest first.
+    LaunchForTasks {
+        /// Pool key.
+        pool: String,
+        /// How many.
+        count: u32,
+        /// Why.
+        reason: String,
+    },
     /// Launch `count` warm VMs in `pool`.
     Launch {
         /// Pool key.
@@ -77,33 +109,73 @@ pub enum ScaleAction {
     },
 }
 
-/// Plans every pool. `fleet_max` bounds the instances of all pools together.
+/// The pool's warm target at `now_ms`: the schedule's (or the pool's) `min_idle`, at least the
+/// step target, plus `scale_factor` of the busy VMs, within `max_instances`.
+pub fn warm_target(obs: &PoolObservation, policy: &PoolPolicy, now_ms: i64) -> u32 {
+    let base =
+        schedule::scheduled_min_idle(policy.min_idle, &policy.schedules, now_ms).max(policy.step_target.unwrap_or(0));
+    let extra = (policy.scale_factor.max(0.0) * f64::from(obs.busy)).ceil() as u32;
+    (base + extra).min(policy.max_instances.unwrap_or(u32::MAX))
+}
+
+/// A VM's share of the jitter, stable for its id: up to a tenth of `max_age`.
+fn jitter_ms(vm_id: &str, max_age_ms: i64) -> i64 {
+    // FNV-1a: stable across runs and platforms.
+    let h = vm_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let span = (max_age_ms / 10).max(1) as u64;
+    (h % span) as i64
+}
+
+/// Whether an idle VM is due for replacement: outdated image, or older than `max_age`.
+fn stale(vm: &IdleVm, policy: &PoolPolicy, now_ms: i64) -> bool {
+    vm.outdated || policy.max_age_ms.is_some_and(|m| now_ms - vm.launched_at_ms > m - jitter_ms(&vm.vm_id, m))
+}
+
+/// Plans every pool at `now_ms`. `fleet_max` bounds the instances of all pools together.
 ///
-/// Outdated idle VMs are replaced, not dropped: fresh VMs are launched first (at most
-/// `max_replace_share` of `min_idle` at a time), and an outdated VM is retired only while the
-/// fresh idle ones alone meet `min_idle`, so the ready count never falls below target.
-pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>) -> Vec<ScaleAction> {
+/// Queued tasks come first: they are waiting now. Stale idle VMs (outdated image, or older
+/// than `max_age`) are replaced, not dropped: fresh VMs are launched first (at most
+/// `max_replace_share` of the target at a time), and a stale VM is retired only while the fresh
+/// idle ones alone meet the target, so the ready count never falls below it.
+pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now_ms: i64) -> Vec<ScaleAction> {
     let mut actions = Vec::new();
     let mut fleet_total: u32 = pools.iter().map(|(o, _)| o.total()).sum();
     for (obs, policy) in pools {
-        let outdated = obs.idle.iter().filter(|v| v.outdated).count() as u32;
-        let fresh_idle = obs.idle.len() as u32 - outdated;
+        let target = warm_target(obs, policy, now_ms);
+        let mut pool_total = obs.total();
+        let room = |pool_total: u32, fleet_total: u32| {
+            let pool_room = policy.max_instances.map_or(u32::MAX, |m| m.saturating_sub(pool_total));
+            let fleet_room = fleet_max.map_or(u32::MAX, |m| m.saturating_sub(fleet_total));
+            pool_room.min(fleet_room)
+        };
+        if obs.queued > 0 {
+            let count = obs.queued.min(room(pool_total, fleet_total));
+            if count > 0 {
+                pool_total += count;
+                fleet_total += count;
+                let mut reason = format!("{} tasks queued without a VM", obs.queued);
+                if count < obs.queued {
+                    reason.push_str(&format!("; {} held back by max_instances", obs.queued - count));
+                }
+                actions.push(ScaleAction::LaunchForTasks { pool: obs.pool.clone(), count, reason });
+            }
+        }
+        let stale_n = obs.idle.iter().filter(|v| stale(v, policy, now_ms)).count() as u32;
+        let fresh_idle = obs.idle.len() as u32 - stale_n;
         let fresh_warm = fresh_idle + obs.starting;
-        if fresh_warm < policy.min_idle {
-            let deficit = policy.min_idle - fresh_warm;
-            // Of the deficit, what outdated VMs still cover is a replacement, and rate-limited.
-            let replacing = deficit.min(outdated);
-            let share = ((policy.max_replace_share * f64::from(policy.min_idle)).ceil() as u32).max(1);
+        if fresh_warm < target {
+            let deficit = target - fresh_warm;
+            // Of the deficit, what stale VMs still cover is a replacement, and rate-limited.
+            let replacing = deficit.min(stale_n);
+            let share = ((policy.max_replace_share * f64::from(target)).ceil() as u32).max(1);
             let replace_now = replacing.min(share.saturating_sub(obs.starting));
             let want = deficit - replacing + replace_now;
-            let pool_room = policy.max_instances.map_or(u32::MAX, |m| m.saturating_sub(obs.total()));
-            let fleet_room = fleet_max.map_or(u32::MAX, |m| m.saturating_sub(fleet_total));
-            let count = want.min(pool_room).min(fleet_room);
+            let count = want.min(room(pool_total, fleet_total));
             if count > 0 {
                 fleet_total += count;
-                let mut reason = format!("{fresh_warm} warm of min_idle {}", policy.min_idle);
+                let mut reason = format!("{fresh_warm} warm of target {target}");
                 if replacing > 0 {
-                    reason.push_str(&format!("; replacing {replacing} outdated, {replace_now} now"));
+                    reason.push_str(&format!("; replacing {replacing} outdated or aged, {replace_now} now"));
                 }
                 if count < want {
                     reason.push_str(&format!("; {} held back by max_instances", want - count));
@@ -111,22 +183,27 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>) -> 
                 actions.push(ScaleAction::Launch { pool: obs.pool.clone(), count, reason });
             }
         }
-        if obs.idle.len() as u32 > policy.min_idle && obs.waiting == 0 {
-            // Retire above target: outdated VMs first, then the oldest. An outdated VM only
-            // goes while the fresh idle ones alone meet the target.
-            let mut idle: Vec<&IdleVm> = obs.idle.iter().collect();
-            idle.sort_by(|a, b| {
-                b.outdated.cmp(&a.outdated).then(a.ready_at_ms.cmp(&b.ready_at_ms)).then(a.vm_id.cmp(&b.vm_id))
+        if obs.idle.len() as u32 > target && obs.queued == 0 {
+            // Retire above target: stale VMs first, then the longest idle. A stale VM only
+            // goes while the fresh idle ones alone meet the target; a fresh one only once idle
+            // for `idle_timeout`.
+            let mut idle: Vec<(&IdleVm, bool)> = obs.idle.iter().map(|v| (v, stale(v, policy, now_ms))).collect();
+            idle.sort_by(|(a, sa), (b, sb)| {
+                sb.cmp(sa).then(a.ready_at_ms.cmp(&b.ready_at_ms)).then(a.vm_id.cmp(&b.vm_id))
             });
-            let excess = obs.idle.len() as u32 - policy.min_idle;
-            for vm in idle.into_iter().take(excess as usize) {
-                if vm.outdated && fresh_idle < policy.min_idle {
-                    continue;
-                }
-                let reason = if vm.outdated {
-                    format!("outdated image; {fresh_idle} fresh idle meet min_idle {}", policy.min_idle)
+            let excess = obs.idle.len() as u32 - target;
+            for (vm, is_stale) in idle.into_iter().take(excess as usize) {
+                let reason = if is_stale {
+                    if fresh_idle < target {
+                        continue;
+                    }
+                    let why = if vm.outdated { "outdated image" } else { "older than max_age" };
+                    format!("{why}; {fresh_idle} fresh idle meet the target {target}")
                 } else {
-                    format!("{} idle above min_idle {}", obs.idle.len(), policy.min_idle)
+                    if now_ms - vm.ready_at_ms < policy.idle_timeout_ms {
+                        continue;
+                    }
+                    format!("{} idle above the target {target} for longer than the idle timeout", obs.idle.len())
                 };
                 actions.push(ScaleAction::Terminate { pool: obs.pool.clone(), vm_id: vm.vm_id.clone(), reason });
             }
@@ -139,16 +216,47 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>) -> 
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
     fn idle(n: usize) -> Vec<IdleVm> {
-        (0..n).map(|i| IdleVm { vm_id: format!("vm-{i}"), ready_at_ms: 1000 - i as i64, outdated: false }).collect()
+        (0..n)
+            .map(|i| IdleVm {
+                vm_id: format!("vm-{i}"),
+                ready_at_ms: NOW - 1000 - i as i64,
+                launched_at_ms: NOW - HOUR,
+                outdated: false,
+            })
+            .collect()
     }
 
     fn obs(idle_n: usize, starting: u32, busy: u32) -> PoolObservation {
-        PoolObservation { pool: "machine/default/medium".into(), idle: idle(idle_n), starting, busy, waiting: 0 }
+        PoolObservation {
+            pool: "machine/default/medium".into(),
+            idle: idle(idle_n),
+            starting,
+            busy,
+            ..Default::default()
+        }
+    }
+
+    fn pol(min_idle: u32, max: Option<u32>) -> PoolPolicy {
+        PoolPolicy { min_idle, max_instances: max, max_replace_share: 0.25, ..Default::default() }
     }
 
     fn launches(actions: &[ScaleAction]) -> u32 {
         actions.iter().map(|a| if let ScaleAction::Launch { count, .. } = a { *count } else { 0 }).sum()
+    }
+
+    fn for_tasks(actions: &[ScaleAction]) -> u32 {
+        actions.iter().map(|a| if let ScaleAction::LaunchForTasks { count, .. } = a { *count } else { 0 }).sum()
+    }
+
+    fn retired(actions: &[ScaleAction]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| if let ScaleAction::Terminate { vm_id, .. } = a { Some(vm_id.as_str()) } else { None })
+            .collect()
     }
 
     #[test]
@@ -159,125 +267,230 @@ mod tests {
             policy: PoolPolicy,
             fleet_max: Option<u32>,
             launch: u32,
+            tasks: u32,
             terminate: usize,
         }
-        let p = |min_idle, max| PoolPolicy { min_idle, max_instances: max, max_replace_share: 0.25 };
+        let with = |mut o: PoolObservation, f: &dyn Fn(&mut PoolObservation)| {
+            f(&mut o);
+            o
+        };
         let cases = [
             Case {
                 name: "empty pool fills",
                 obs: obs(0, 0, 0),
-                policy: p(3, None),
+                policy: pol(3, None),
                 fleet_max: None,
                 launch: 3,
+                tasks: 0,
                 terminate: 0,
             },
             Case {
                 name: "starting counts as warm",
                 obs: obs(1, 2, 5),
-                policy: p(3, None),
+                policy: pol(3, None),
                 fleet_max: None,
                 launch: 0,
+                tasks: 0,
                 terminate: 0,
             },
             Case {
                 name: "pool bound",
                 obs: obs(0, 0, 4),
-                policy: p(3, Some(5)),
+                policy: pol(3, Some(5)),
                 fleet_max: None,
                 launch: 1,
+                tasks: 0,
+                terminate: 0,
+            },
+            Case {
+                name: "retiring instances count against the bound",
+                obs: with(obs(0, 0, 3), &|o| o.retiring = 2),
+                policy: pol(3, Some(5)),
+                fleet_max: None,
+                launch: 0,
+                tasks: 0,
                 terminate: 0,
             },
             Case {
                 name: "fleet bound",
                 obs: obs(0, 0, 4),
-                policy: p(3, None),
+                policy: pol(3, None),
                 fleet_max: Some(6),
                 launch: 2,
+                tasks: 0,
                 terminate: 0,
             },
             Case {
                 name: "at bound",
                 obs: obs(0, 0, 5),
-                policy: p(3, Some(5)),
+                policy: pol(3, Some(5)),
                 fleet_max: None,
                 launch: 0,
+                tasks: 0,
                 terminate: 0,
             },
             Case {
                 name: "excess idle retired",
                 obs: obs(5, 0, 9),
-                policy: p(2, None),
+                policy: pol(2, None),
                 fleet_max: None,
                 launch: 0,
+                tasks: 0,
                 terminate: 3,
+            },
+            Case {
+                name: "excess idle kept within the idle timeout",
+                obs: obs(5, 0, 9),
+                policy: PoolPolicy { idle_timeout_ms: 60_000, ..pol(2, None) },
+                fleet_max: None,
+                launch: 0,
+                tasks: 0,
+                terminate: 0,
             },
             Case {
                 name: "zero target",
                 obs: obs(0, 0, 3),
-                policy: p(0, None),
+                policy: pol(0, None),
                 fleet_max: None,
                 launch: 0,
+                tasks: 0,
+                terminate: 0,
+            },
+            Case {
+                name: "scale factor adds a share of busy",
+                obs: obs(0, 0, 10),
+                policy: PoolPolicy { scale_factor: 0.25, ..pol(1, None) },
+                fleet_max: None,
+                launch: 4,
+                tasks: 0,
+                terminate: 0,
+            },
+            Case {
+                name: "step target raises the warm target",
+                obs: obs(2, 0, 0),
+                policy: PoolPolicy { step_target: Some(5), ..pol(2, None) },
+                fleet_max: None,
+                launch: 3,
+                tasks: 0,
+                terminate: 0,
+            },
+            Case {
+                name: "queued tasks launch first, within the bound",
+                obs: with(obs(0, 0, 3), &|o| o.queued = 4),
+                policy: pol(2, Some(5)),
+                fleet_max: None,
+                launch: 0,
+                tasks: 2,
+                terminate: 0,
+            },
+            Case {
+                name: "no scale-in while tasks are queued",
+                obs: with(obs(4, 0, 0), &|o| o.queued = 1),
+                policy: pol(0, None),
+                fleet_max: Some(4),
+                launch: 0,
+                tasks: 0,
                 terminate: 0,
             },
         ];
         for c in cases {
-            let actions = plan(&[(c.obs, c.policy)], c.fleet_max);
-            assert_eq!(launches(&actions), c.launch, "{}", c.name);
-            let terms = actions.iter().filter(|a| matches!(a, ScaleAction::Terminate { .. })).count();
-            assert_eq!(terms, c.terminate, "{}", c.name);
+            let actions = plan(&[(c.obs, c.policy)], c.fleet_max, NOW);
+            assert_eq!(launches(&actions), c.launch, "{}: launch", c.name);
+            assert_eq!(for_tasks(&actions), c.tasks, "{}: for tasks", c.name);
+            assert_eq!(retired(&actions).len(), c.terminate, "{}: terminate", c.name);
         }
     }
 
     #[test]
-    fn retires_oldest_idle_first_and_not_while_tasks_wait() {
-        let actions =
-            plan(&[(obs(3, 0, 0), PoolPolicy { min_idle: 1, max_instances: None, max_replace_share: 0.25 })], None);
-        let ids: Vec<_> = actions
-            .iter()
-            .filter_map(|a| if let ScaleAction::Terminate { vm_id, .. } = a { Some(vm_id.as_str()) } else { None })
-            .collect();
-        assert_eq!(ids, ["vm-2", "vm-1"]);
-        let mut waiting = obs(3, 0, 0);
-        waiting.waiting = 1;
-        assert!(plan(&[(waiting, PoolPolicy { min_idle: 1, max_instances: None, max_replace_share: 0.25 })], None)
-            .is_empty());
+    fn retires_longest_idle_first() {
+        let actions = plan(&[(obs(3, 0, 0), pol(1, None))], None, NOW);
+        assert_eq!(retired(&actions), ["vm-2", "vm-1"]);
     }
 
-    /// Steps a pool through a rollout: at every step the ready count stays at target.
     #[test]
-    fn outdated_vms_are_replaced_a_share_at_a_time_without_dropping_below_target() {
-        let policy = PoolPolicy { min_idle: 4, max_instances: None, max_replace_share: 0.25 };
-        let mut idle: Vec<IdleVm> =
-            (0..4).map(|i| IdleVm { vm_id: format!("old-{i}"), ready_at_ms: i, outdated: true }).collect();
+    fn schedule_window_sets_the_target() {
+        let mut p = pol(1, None);
+        p.schedules = vec![Window { cron: CronWindow::parse("* 8-17 * * 1-5", "UTC").expect("cron"), min_idle: 4 }];
+        let monday_9 = chrono::DateTime::parse_from_rfc3339("2026-11-30T09:00:00Z").expect("t").timestamp_millis();
+        let monday_20 = monday_9 + 11 * HOUR;
+        assert_eq!(warm_target(&obs(0, 0, 0), &p, monday_9), 4);
+        assert_eq!(warm_target(&obs(0, 0, 0), &p, monday_20), 1);
+        assert_eq!(launches(&plan(&[(obs(1, 0, 0), p.clone())], None, monday_9)), 3);
+    }
+
+    /// Steps a pool through replacing stale VMs (outdated, or aged past `max_age`): at every
+    /// step the ready count stays at target, and only stale VMs are retired.
+    fn replace_all(mut idle: Vec<IdleVm>, policy: PoolPolicy, now: i64) {
+        let target = policy.min_idle as usize;
         let mut starting = 0u32;
         let mut fresh = 0;
         for step in 0..40 {
-            let obs = PoolObservation { pool: "p".into(), idle: idle.clone(), starting, busy: 0, waiting: 0 };
-            for a in plan(&[(obs, policy)], None) {
+            let o = PoolObservation { pool: "p".into(), idle: idle.clone(), starting, ..Default::default() };
+            for a in plan(&[(o, policy.clone())], None, now) {
                 match a {
                     ScaleAction::Launch { count, .. } => {
                         assert!(count + starting <= 1, "step {step}: a quarter of 4 at a time");
                         starting += count;
                     }
                     ScaleAction::Terminate { vm_id, .. } => {
-                        assert!(vm_id.starts_with("old-"), "only outdated VMs go");
+                        assert!(vm_id.starts_with("old-"), "only stale VMs go");
                         idle.retain(|v| v.vm_id != vm_id);
                     }
+                    ScaleAction::LaunchForTasks { .. } => panic!("no tasks"),
                 }
             }
-            assert!(idle.len() >= 4, "step {step}: ready count fell below target");
+            assert!(idle.len() >= target, "step {step}: ready count fell below target");
             // A started VM becomes ready by the next step.
             if starting > 0 {
                 starting -= 1;
                 fresh += 1;
-                idle.push(IdleVm { vm_id: format!("new-{fresh}"), ready_at_ms: 100 + step, outdated: false });
+                idle.push(IdleVm {
+                    vm_id: format!("new-{fresh}"),
+                    ready_at_ms: now,
+                    launched_at_ms: now,
+                    outdated: false,
+                });
             }
-            if idle.iter().all(|v| !v.outdated) && starting == 0 {
+            if idle.iter().all(|v| v.vm_id.starts_with("new-")) && starting == 0 {
                 break;
             }
         }
-        assert_eq!(idle.len(), 4);
-        assert!(idle.iter().all(|v| !v.outdated), "rollout finished: {idle:?}");
+        assert_eq!(idle.len(), target);
+        assert!(idle.iter().all(|v| v.vm_id.starts_with("new-")), "replacement finished: {idle:?}");
+    }
+
+    #[test]
+    fn outdated_vms_are_replaced_a_share_at_a_time_without_dropping_below_target() {
+        let idle = (0..4)
+            .map(|i| IdleVm { vm_id: format!("old-{i}"), ready_at_ms: i, launched_at_ms: NOW, outdated: true })
+            .collect();
+        replace_all(idle, pol(4, None), NOW);
+    }
+
+    #[test]
+    fn aged_vms_are_cycled_the_same_way() {
+        let policy = PoolPolicy { max_age_ms: Some(24 * HOUR), ..pol(4, None) };
+        let idle: Vec<IdleVm> = (0..4)
+            .map(|i| IdleVm {
+                vm_id: format!("old-{i}"),
+                ready_at_ms: i,
+                launched_at_ms: NOW - 25 * HOUR,
+                outdated: false,
+            })
+            .collect();
+        // Younger than max_age less the largest jitter: left alone.
+        let young: Vec<IdleVm> = idle.iter().map(|v| IdleVm { launched_at_ms: NOW - 21 * HOUR, ..v.clone() }).collect();
+        let o = PoolObservation { pool: "p".into(), idle: young, ..Default::default() };
+        assert!(plan(&[(o, policy.clone())], None, NOW).is_empty());
+        replace_all(idle, policy, NOW);
+    }
+
+    #[test]
+    fn jitter_spreads_cycling_within_a_tenth_of_max_age() {
+        let max_age = 24 * HOUR;
+        let j: Vec<i64> = (0..50).map(|i| jitter_ms(&format!("vm-{i}"), max_age)).collect();
+        assert!(j.iter().all(|&x| (0..max_age / 10).contains(&x)));
+        assert!(j.iter().collect::<std::collections::HashSet<_>>().len() > 40, "spread out");
     }
 
     #[test]
@@ -285,8 +498,7 @@ mod tests {
         let a = obs(0, 0, 0);
         let mut b = obs(0, 0, 0);
         b.pool = "machine/default/large".into();
-        let pol = PoolPolicy { min_idle: 3, max_instances: None, max_replace_share: 0.25 };
-        let actions = plan(&[(a, pol), (b, pol)], Some(4));
+        let actions = plan(&[(a, pol(3, None)), (b, pol(3, None))], Some(4), NOW);
         assert_eq!(launches(&actions), 4);
     }
 }

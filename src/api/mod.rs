@@ -167,6 +167,10 @@ async fn status(State(s): State<AppState>) -> Response {
     if let Some(reason) = config_error {
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"status": "error", "reason": reason}))).into_response();
     }
+    if let Some(e) = s.fleet.policy_error() {
+        let reason = format!("policies refused (the previous ones stay in force): {e}");
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"status": "error", "reason": reason}))).into_response();
+    }
     match s.fleet.store.ping().await {
         Ok(()) => Json(json!({
             "status": "ok",

@@ -212,6 +212,40 @@ macro_rules! retire_task_resources {
     }};
 }
 
+/// Whether `bounds` leave room for one more VM in `pool`, inside a transaction. On PostgreSQL
+/// a transaction-scoped advisory lock serializes bounded inserts, so two replicas cannot both
+/// take the last place; SQLite transactions are serialized already.
+macro_rules! room {
+    ($ex:expr, $pg:expr, $pool:expr, $bounds:expr) => {{
+        let b: Bounds = $bounds;
+        if b.pool_max.is_none() && b.fleet_max.is_none() {
+            true
+        } else {
+            if $pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(7596232761)").execute($ex).await?;
+            }
+            let pool_n: i64 = match b.pool_max {
+                Some(_) => {
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM vms WHERE pool = $1 AND state IN {VM_LIVE}"))
+                        .bind($pool)
+                        .fetch_one($ex)
+                        .await?
+                }
+                None => 0,
+            };
+            let fleet_n: i64 = match b.fleet_max {
+                Some(_) => {
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM vms WHERE state IN {VM_LIVE}"))
+                        .fetch_one($ex)
+                        .await?
+                }
+                None => 0,
+            };
+            b.pool_max.is_none_or(|m| pool_n < i64::from(m)) && b.fleet_max.is_none_or(|m| fleet_n < i64::from(m))
+        }
+    }};
+}
+
 /// The store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -351,6 +385,25 @@ impl Store {
         on_demand: &VmRow,
         audit: Option<&AuditEvent>,
     ) -> Result<Assignment, StoreError> {
+        self.request_task_within(task, on_demand, audit, Bounds::default()).await
+    }
+
+    /// [`Store::request_task`], recording the on-demand VM only while `bounds` leave room;
+    /// otherwise the task is queued (waiting, without a VM) for the scaler to serve.
+    ///
+    /// # Guarantees
+    /// Concurrent requests never take the pool or the fleet past the bounds.
+    ///
+    /// # Errors
+    /// As [`Store::request_task`].
+    pub async fn request_task_within(
+        &self,
+        task: &TaskRow,
+        on_demand: &VmRow,
+        audit: Option<&AuditEvent>,
+        bounds: Bounds,
+    ) -> Result<Assignment, StoreError> {
+        let pg = matches!(self.db, Db::Postgres(_));
         let now = task.created_at;
         let claim = format!(
             "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
@@ -395,17 +448,18 @@ impl Store {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    Assignment { vm, warm: true, handed_over: handed }
+                    Assignment { vm: Some(vm), warm: true, handed_over: handed }
                 }
-                None => {
+                None if room!(&mut *tx, pg, &on_demand.pool, bounds) => {
                     insert_vm!(&mut *tx, on_demand)?;
                     sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
                         .bind(&task.id)
                         .bind(&on_demand.id)
                         .execute(&mut *tx)
                         .await?;
-                    Assignment { vm: on_demand.clone(), warm: false, handed_over: false }
+                    Assignment { vm: Some(on_demand.clone()), warm: false, handed_over: false }
                 }
+                None => Assignment { vm: None, warm: false, handed_over: false },
             }
         }))
     }
@@ -511,6 +565,67 @@ impl Store {
     pub async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
         with_pool!(&self.db, |p| insert_vm!(p, vm))?;
         Ok(())
+    }
+
+    /// Records a new warm VM if `bounds` leave room; returns whether it did.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn insert_vm_within(&self, vm: &VmRow, bounds: Bounds) -> Result<bool, StoreError> {
+        let pg = matches!(self.db, Db::Postgres(_));
+        Ok(in_tx!(&self.db, |tx| {
+            let ok = room!(&mut *tx, pg, &vm.pool, bounds);
+            if ok {
+                insert_vm!(&mut *tx, vm)?;
+            }
+            ok
+        }))
+    }
+
+    /// Gives a queued task (waiting, without a VM) the on-demand VM `vm`, if it is still
+    /// queued and `bounds` leave room; returns whether it did.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn reserve_vm_for_task(&self, task_id: &str, vm: &VmRow, bounds: Bounds) -> Result<bool, StoreError> {
+        let pg = matches!(self.db, Db::Postgres(_));
+        let lock = self.lock_clause().replace(" SKIP LOCKED", "");
+        Ok(in_tx!(&self.db, |tx| {
+            let queued: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM tasks WHERE id = $1 AND state = 'waiting' AND vm_id IS NULL{lock}"
+            ))
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let ok = queued.is_some() && room!(&mut *tx, pg, &vm.pool, bounds);
+            if ok {
+                insert_vm!(&mut *tx, vm)?;
+                sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                    .bind(task_id)
+                    .bind(&vm.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            ok
+        }))
+    }
+
+    /// (pool, milliseconds from request to hand-over) of tasks handed their VM since `since`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn queue_times(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT pool, assigned_at - created_at FROM tasks WHERE assigned_at >= $1";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(since).fetch_all(p).await)?)
+    }
+
+    /// Tasks queued without a VM, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn queued_tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = "SELECT * FROM tasks WHERE state = 'waiting' AND vm_id IS NULL ORDER BY created_at, id";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).fetch_all(p).await)?)
     }
 
     /// One VM.
@@ -741,6 +856,25 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn claim_volume(&self, task: &TaskRow, zone: &str, fresh: &VolumeRow) -> Result<VolumeRow, StoreError> {
+        self.claim_volume_within(task, zone, fresh, None)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("no volume within the bound".into()))
+    }
+
+    /// [`Store::claim_volume`] under a fleet-wide bound on volumes: at the bound, the least
+    /// recently used available volume (of any project) is marked for deletion to make room;
+    /// `None` when every volume is in use, and the task runs without its cache.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn claim_volume_within(
+        &self,
+        task: &TaskRow,
+        zone: &str,
+        fresh: &VolumeRow,
+        max_volumes: Option<u32>,
+    ) -> Result<Option<VolumeRow>, StoreError> {
+        let pg = matches!(self.db, Db::Postgres(_));
         let vm_id = task.vm_id.clone().unwrap_or_default();
         let claim = format!(
             "UPDATE volumes SET state = 'attaching', task_id = $1, vm_id = $2, state_since = $3 \
@@ -757,7 +891,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let vol = match existing {
-                Some(v) => v,
+                Some(v) => Some(v),
                 None => {
                     let claimed: Option<VolumeRow> = sqlx::query_as(&claim)
                         .bind(&task.id)
@@ -768,19 +902,49 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                     match claimed {
-                        Some(v) => v,
+                        Some(v) => Some(v),
                         None => {
-                            insert_volume!(&mut *tx, fresh)?;
-                            fresh.clone()
+                            let mut room = true;
+                            if let Some(max) = max_volumes {
+                                if pg {
+                                    sqlx::query("SELECT pg_advisory_xact_lock(7596232762)").execute(&mut *tx).await?;
+                                }
+                                let n: i64 = sqlx::query_scalar(
+                                    "SELECT COUNT(*) FROM volumes WHERE state NOT IN ('deleted','deleting')",
+                                )
+                                .fetch_one(&mut *tx)
+                                .await?;
+                                if n >= i64::from(max) {
+                                    let evicted = sqlx::query(&format!(
+                                        "UPDATE volumes SET state = 'deleting', state_since = $1 WHERE id = \
+                                         (SELECT id FROM volumes WHERE state = 'available' AND task_id IS NULL \
+                                         ORDER BY last_used_at, id LIMIT 1{}) AND state = 'available'",
+                                        self.lock_clause()
+                                    ))
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await?
+                                    .rows_affected();
+                                    room = evicted == 1;
+                                }
+                            }
+                            if room {
+                                insert_volume!(&mut *tx, fresh)?;
+                                Some(fresh.clone())
+                            } else {
+                                None
+                            }
                         }
                     }
                 }
             };
-            sqlx::query("UPDATE tasks SET volume_id = $2 WHERE id = $1")
-                .bind(&task.id)
-                .bind(&vol.id)
-                .execute(&mut *tx)
-                .await?;
+            if let Some(vol) = &vol {
+                sqlx::query("UPDATE tasks SET volume_id = $2 WHERE id = $1")
+                    .bind(&task.id)
+                    .bind(&vol.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             vol
         }))
     }

@@ -187,12 +187,22 @@ pub struct AuditEvent {
 /// What [`super::Store::request_task`] did.
 #[derive(Debug, Clone)]
 pub struct Assignment {
-    /// The VM the task got or will get.
-    pub vm: VmRow,
+    /// The VM the task got or will get; `None` when a bound held it back and the task is
+    /// queued until there is room.
+    pub vm: Option<VmRow>,
     /// Whether it came from the warm pool.
     pub warm: bool,
     /// Whether the task was handed its VM at once.
     pub handed_over: bool,
+}
+
+/// Bounds an insert of a VM must respect: instances in every state count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// The pool's `max_instances`.
+    pub pool_max: Option<u32>,
+    /// The fleet's `max_instances`.
+    pub fleet_max: Option<u32>,
 }
 
 /// Counts for status and metrics.

@@ -121,16 +121,26 @@ async fn forward(
     (status, [("content-type", "text/xml")], bytes.to_vec()).into_response()
 }
 
+/// Commands an [`recording_sshd`] was asked to run, in order.
+pub type Commands = Arc<Mutex<Vec<String>>>;
+
 /// An SSH server on 127.0.0.1 that accepts any key: it stands in for the sshd of instances the
 /// emulator pretends to run, so the real readiness code has something to shake hands with.
 pub async fn any_key_sshd() -> u16 {
-    use russh::server::{Auth, Server as _};
+    recording_sshd().await.0
+}
+
+/// [`any_key_sshd`] that also accepts commands: each is recorded and answered with exit
+/// status 0 and no output.
+pub async fn recording_sshd() -> (u16, Commands) {
+    use russh::server::{Auth, Msg, Server as _, Session};
+    use russh::{Channel, ChannelId};
     #[derive(Clone)]
-    struct S;
+    struct S(Commands);
     impl russh::server::Server for S {
         type Handler = S;
         fn new_client(&mut self, _: Option<std::net::SocketAddr>) -> S {
-            S
+            self.clone()
         }
     }
     impl russh::server::Handler for S {
@@ -142,14 +152,38 @@ pub async fn any_key_sshd() -> u16 {
         ) -> Result<Auth, Self::Error> {
             Ok(Auth::Accept)
         }
+        async fn channel_open_session(
+            &mut self,
+            _channel: Channel<Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            Ok(())
+        }
+        async fn exec_request(
+            &mut self,
+            channel: ChannelId,
+            data: &[u8],
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.0.lock().expect("lock").push(String::from_utf8_lossy(data).into_owned());
+            session.channel_success(channel)?;
+            session.exit_status_request(channel, 0)?;
+            session.eof(channel)?;
+            session.close(channel)
+        }
     }
     let keys = vmfleet_provisioner::ssh::generate_keypair("host").expect("key");
     let key = vmfleet_provisioner::ssh::parse_private_key(&keys.private_openssh).expect("parse");
     let config = Arc::new(russh::server::Config { keys: vec![key], ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let commands: Commands = Arc::default();
+    let server = S(commands.clone());
     tokio::spawn(async move {
-        let _ = S.run_on_socket(config, &listener).await;
+        let mut server = server;
+        let _ = server.run_on_socket(config, &listener).await;
     });
-    port
+    (port, commands)
 }
