@@ -486,6 +486,67 @@ impl Aws {
         Ok(())
     }
 
+    /// Instances of `groups` waiting in `Terminating:Wait`, as (group, instance id).
+    ///
+    /// # Errors
+    /// The failing AWS call.
+    pub async fn terminating_wait(&self, groups: &[String]) -> Result<Vec<(String, String)>, AwsError> {
+        let mut out = Vec::new();
+        for chunk in groups.chunks(50) {
+            let page = self
+                .asg
+                .describe_auto_scaling_groups()
+                .set_auto_scaling_group_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(aws_err("describing Auto Scaling groups"))?;
+            for g in page.auto_scaling_groups() {
+                let group = g.auto_scaling_group_name().unwrap_or_default();
+                for i in g.instances() {
+                    if i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::TerminatingWait) {
+                        if let Some(id) = i.instance_id() {
+                            out.push((group.to_string(), id.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps an instance in `Terminating:Wait` (its work is still running).
+    ///
+    /// # Errors
+    /// The failing AWS call.
+    pub async fn heartbeat(&self, install: &str, group: &str, instance: &str) -> Result<(), AwsError> {
+        self.asg
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook_name(install))
+            .instance_id(instance)
+            .send()
+            .await
+            .map_err(aws_err(format!("heartbeat for {instance} in {group}")))?;
+        Ok(())
+    }
+
+    /// Lets the termination of an instance go on.
+    ///
+    /// # Errors
+    /// The failing AWS call.
+    pub async fn complete(&self, install: &str, group: &str, instance: &str) -> Result<(), AwsError> {
+        self.asg
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook_name(install))
+            .instance_id(instance)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map_err(aws_err(format!("completing the lifecycle action of {instance} in {group}")))?;
+        Ok(())
+    }
+
     /// The alarms named, as DescribeAlarms reports them (missing ones are left out).
     ///
     /// # Errors

@@ -75,11 +75,20 @@ pub struct MetricsOut {
     /// How often the alarms of alarm-driven pools are read.
     #[serde(with = "humantime_serde")]
     pub alarm_poll: Duration,
+    /// How often groups with vmfleet's termination hook are checked for instances waiting to
+    /// terminate.
+    #[serde(with = "humantime_serde")]
+    pub lifecycle_poll: Duration,
 }
 
 impl Default for MetricsOut {
     fn default() -> Self {
-        Self { cloudwatch: None, dogstatsd: None, alarm_poll: Duration::from_secs(30) }
+        Self {
+            cloudwatch: None,
+            dogstatsd: None,
+            alarm_poll: Duration::from_secs(30),
+            lifecycle_poll: Duration::from_secs(15),
+        }
     }
 }
 

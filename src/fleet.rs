@@ -564,6 +564,7 @@ impl Fleet {
         self.step_scale(now).await;
         self.scale(&vms).await?;
         self.publish(&vms, now).await;
+        self.drain_lifecycle(now).await;
         // The describe above predates this pass's terminations.
         let still: Vec<vmfleet_provisioner::Instance> =
             instances.into_iter().filter(|i| !gone.contains(&i.instance_id)).collect();
@@ -1040,6 +1041,59 @@ impl Fleet {
                 info!(pool = %key, alarm = %st.alarm, target, %reason, "step scaling");
                 self.audit("pool.scale", "scaler", &key, &reason).await;
                 self.wake();
+            }
+        }
+    }
+
+    /// Drain on scale-in: for groups with vmfleet's termination hook, an instance waiting in
+    /// `Terminating:Wait` gets no new work (its VM is drained); while its task runs, heartbeats
+    /// keep it waiting, and once nothing runs the lifecycle action is completed (CONTINUE).
+    pub async fn drain_lifecycle(&self, now: i64) {
+        let groups: Vec<String> =
+            self.policies().asg.iter().filter(|a| a.termination_hook.is_some()).map(|a| a.asg.clone()).collect();
+        if groups.is_empty() || !self.due("lifecycle", self.config.metrics_out.lifecycle_poll, now) {
+            return;
+        }
+        let aws = self.aws().await;
+        let waiting = match aws.terminating_wait(&groups).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "reading terminating instances failed");
+                return;
+            }
+        };
+        for (group, instance) in waiting {
+            let busy = match self.store.vm_by_instance(&instance).await {
+                Ok(Some(vm)) => {
+                    if !vm.draining {
+                        if let Err(e) = self.store.drain_vm(&vm.id).await {
+                            warn!(vm = %vm.id, error = %e, "drain failed");
+                        }
+                    }
+                    Some(
+                        vm.task_id.is_some()
+                            && vm.vm_state().is_some_and(|s| !matches!(s, VmState::Releasing | VmState::Terminating)),
+                    )
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    warn!(%instance, error = %e, "looking up the instance failed");
+                    continue;
+                }
+            };
+            let result = match vmfleet_scaler::asg::lifecycle_step(busy) {
+                vmfleet_scaler::asg::Lifecycle::Heartbeat => aws.heartbeat(&self.install_id, &group, &instance).await,
+                vmfleet_scaler::asg::Lifecycle::Continue => {
+                    let r = aws.complete(&self.install_id, &group, &instance).await;
+                    if r.is_ok() {
+                        info!(%group, %instance, "termination continues: no work left on the instance");
+                        self.audit("asg.lifecycle.continue", "scaler", &instance, &group).await;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "lifecycle action failed; retrying on the next poll");
             }
         }
     }

@@ -248,6 +248,8 @@ enum TokensCmd {
 enum BenchCmd {
     /// Warm-pool assignment latency and throughput against the configured database.
     Assign(vmfleet::bench::AssignArgs),
+    /// What a DLC volume adds to a task on a warm VM, against an on-demand launch (local provider).
+    Dlc(vmfleet::bench::DlcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -638,6 +640,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Bench(BenchCmd::Assign(args)) => {
             let config = load_config(cli.config.as_deref())?;
             vmfleet::bench::assign(&config, args).await?;
+        }
+        Cmd::Bench(BenchCmd::Dlc(args)) => {
+            let config = load_config(cli.config.as_deref())?;
+            vmfleet::bench::dlc(&config, args).await?;
         }
         Cmd::LocalVmAgent { .. } => unreachable!("handled before the runtime starts"),
     }

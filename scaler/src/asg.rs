@@ -167,6 +167,25 @@ pub fn diff(desired: &BTreeMap<Key, Spec>, existing: &BTreeMap<Key, Spec>, ours:
     upserts
 }
 
+/// What to do for an instance waiting in `Terminating:Wait` on a group with vmfleet's
+/// termination hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Its work is still running: keep it waiting (RecordLifecycleActionHeartbeat).
+    Heartbeat,
+    /// Nothing runs on it any more: let the termination go on (CompleteLifecycleAction CONTINUE).
+    Continue,
+}
+
+/// The step for an instance: `busy` says whether vmfleet has work running on it (`None`:
+/// vmfleet knows nothing of it, so nothing of ours runs there).
+pub fn lifecycle_step(busy: Option<bool>) -> Lifecycle {
+    match busy {
+        Some(true) => Lifecycle::Heartbeat,
+        Some(false) | None => Lifecycle::Continue,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +232,12 @@ mod tests {
         );
         let again = diff(&desired, &desired, |_| true);
         assert!(again.iter().all(|c| c.action == Action::Unchanged));
+    }
+
+    #[test]
+    fn draining_instances_wait_while_their_work_runs() {
+        assert_eq!(lifecycle_step(Some(true)), Lifecycle::Heartbeat);
+        assert_eq!(lifecycle_step(Some(false)), Lifecycle::Continue);
+        assert_eq!(lifecycle_step(None), Lifecycle::Continue);
     }
 }

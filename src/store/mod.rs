@@ -619,6 +619,15 @@ impl Store {
         Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(since).fetch_all(p).await)?)
     }
 
+    /// The live VM running on a provider instance, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn vm_by_instance(&self, instance_id: &str) -> Result<Option<VmRow>, StoreError> {
+        let sql = format!("SELECT * FROM vms WHERE instance_id = $1 AND state IN {VM_LIVE} LIMIT 1");
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(&sql).bind(instance_id).fetch_optional(p).await)?)
+    }
+
     /// Tasks queued without a VM, oldest first.
     ///
     /// # Errors
