@@ -676,6 +676,13 @@ impl Fleet {
         match &vm.task_id {
             Some(_) => self.hand_over(&vm).await,
             None => {
+                // A task of this pool still waiting for its own launch takes this VM now; the
+                // VM launched for it joins the warm pool when it is up.
+                if let Some(task) = self.store.give_to_waiting_task(vm_id, &vm.pool).await? {
+                    info!(vm = %vm_id, task = %task, "ready: taken by a task waiting for a boot");
+                    let vm = self.store.vm(vm_id).await?;
+                    return self.hand_over(&vm).await;
+                }
                 self.store.transition(vm_id, &[VmState::Booting], VmState::Ready, now).await?;
                 info!(vm = %vm_id, pool = %vm.pool, "ready (warm)");
                 Ok(())
@@ -874,7 +881,10 @@ impl Fleet {
         }
         let policies = self.policies();
         let queued = self.store.queued_tasks().await?;
-        if policies.pools.is_empty() && queued.is_empty() {
+        let idle_elsewhere = vms
+            .iter()
+            .any(|v| v.vm_state() == Some(VmState::Ready) && v.task_id.is_none() && policies.pool(&v.pool).is_none());
+        if policies.pools.is_empty() && queued.is_empty() && !idle_elsewhere {
             return Ok(());
         }
         let now = now_ms();
@@ -883,6 +893,12 @@ impl Fleet {
         for t in &queued {
             if !keys.contains(&t.pool) {
                 keys.push(t.pool.clone());
+            }
+        }
+        // A pool no policy names may still hold idle VMs (a launch a task no longer needed).
+        for v in vms {
+            if v.vm_state() == Some(VmState::Ready) && v.task_id.is_none() && !keys.contains(&v.pool) {
+                keys.push(v.pool.clone());
             }
         }
         let steps = self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1657,7 +1673,7 @@ fn observe(key: &str, vms: &[VmRow], current: Option<&str>) -> vmfleet_scaler::P
 }
 
 /// A pool's policy as the scaler takes it.
-fn scaler_policy(p: &crate::config::PoolConfig, step_target: Option<u32>) -> vmfleet_scaler::PoolPolicy {
+pub(crate) fn scaler_policy(p: &crate::config::PoolConfig, step_target: Option<u32>) -> vmfleet_scaler::PoolPolicy {
     vmfleet_scaler::PoolPolicy {
         min_idle: p.min_idle,
         max_instances: p.max_instances,

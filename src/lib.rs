@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod metrics_out;
 pub mod policy;
 pub mod server;
+pub mod sim;
 pub mod store;

@@ -73,6 +73,9 @@ enum Cmd {
     /// Scaling policies: check a file; apply its Auto Scaling resources to AWS.
     #[command(subcommand)]
     Policies(PoliciesCmd),
+    /// Replay a CI trace in virtual time through the production planners and other systems'
+    /// policies; report queue times, VM-hours and cost.
+    Simulate(vmfleet::sim::SimArgs),
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -254,6 +257,15 @@ enum BenchCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Simulate(args) = &cli.cmd {
+        return match vmfleet::sim::simulate(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     if let Cmd::LocalVmAgent { dir } = &cli.cmd {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -346,6 +358,20 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Config(ConfigCmd::Check) => match Config::load(cli.config.as_deref(), std::env::vars()) {
             Ok(c) => {
+                if let Some(dir) = &c.policies_dir {
+                    match vmfleet::policy::Policies::load_dir(dir, &c) {
+                        Ok(p) => println!(
+                            "policies ok: {} files in {}, {} pools",
+                            p.files.len(),
+                            dir.display(),
+                            p.pools.len()
+                        ),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return Ok(std::process::ExitCode::from(2));
+                        }
+                    }
+                }
                 println!(
                     "configuration ok: {} resource classes, {} pools, provider {:?}, database {}",
                     c.resource_classes.len(),
@@ -645,7 +671,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             vmfleet::bench::dlc(&config, args).await?;
         }
-        Cmd::LocalVmAgent { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::LocalVmAgent { .. } | Cmd::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
     Ok(ok)
 }

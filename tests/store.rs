@@ -40,6 +40,7 @@ both!(
     paused_fleet_refuses_requests_and_clear_empties_it,
     lost_vm_requeues_a_waiting_task_and_fails_a_running_one,
     forgotten_volume_only_when_unused,
+    a_warm_vm_that_comes_up_serves_the_oldest_task_waiting_for_a_boot,
 );
 
 fn task(project: &str, dlc: bool) -> TaskRow {
@@ -298,4 +299,26 @@ async fn forgotten_volume_only_when_unused(s: Store) {
     s.set_volume_detached(&v.id, now_ms()).await.expect("detach");
     assert!(s.forget_volume(&v.id, now_ms()).await.expect("forget"));
     assert_eq!(s.volume(&v.id).await.expect("vol").state, "deleted");
+}
+
+async fn a_warm_vm_that_comes_up_serves_the_oldest_task_waiting_for_a_boot(s: Store) {
+    // Two tasks wait for their own launches; a warm VM comes up.
+    let mut older = task("p", false);
+    older.created_at -= 1000;
+    let older_vm = vm_row(POOL, "booting", Some(&older.id));
+    s.request_task(&older, &older_vm, None).await.expect("request");
+    let newer = task("p", false);
+    s.request_task(&newer, &vm_row(POOL, "provisioning", Some(&newer.id)), None).await.expect("request");
+    let warm = vm_row(POOL, "booting", None);
+    s.insert_vm(&warm).await.expect("warm");
+    assert_eq!(s.give_to_waiting_task(&warm.id, POOL).await.expect("give"), Some(older.id.clone()));
+    let w = s.vm(&warm.id).await.expect("vm");
+    assert_eq!((w.task_id.as_deref(), w.preallocated), (Some(older.id.as_str()), false));
+    assert_eq!(s.task(&older.id).await.expect("task").vm_id.as_deref(), Some(warm.id.as_str()));
+    let freed = s.vm(&older_vm.id).await.expect("vm");
+    assert_eq!((freed.task_id, freed.preallocated, freed.state.as_str()), (None, true, "booting"), "now a warm VM");
+    // Another pool's VM, or one with nobody waiting, takes nothing.
+    let other = vm_row("machine/default/large", "booting", None);
+    s.insert_vm(&other).await.expect("other");
+    assert_eq!(s.give_to_waiting_task(&other.id, "machine/default/large").await.expect("give"), None);
 }

@@ -14,6 +14,7 @@
 //! drops below target. Output order is deterministic.
 
 pub mod asg;
+pub mod forecast;
 pub mod schedule;
 pub mod step;
 

@@ -628,6 +628,66 @@ impl Store {
         Ok(with_pool!(&self.db, |p| sqlx::query_as(&sql).bind(instance_id).fetch_optional(p).await)?)
     }
 
+    /// A warm VM that just came up (`booting`, unreserved) is given to the oldest task of its
+    /// pool still waiting for the VM launched for it; that VM, still starting, becomes a warm
+    /// one. Returns the task, if there was one.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn give_to_waiting_task(&self, vm_id: &str, pool: &str) -> Result<Option<String>, StoreError> {
+        let lock = match self.db {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => " FOR UPDATE OF t SKIP LOCKED",
+        };
+        let find = format!(
+            "SELECT t.id, v.id FROM tasks t JOIN vms v ON v.id = t.vm_id AND v.task_id = t.id \
+             WHERE t.pool = $1 AND t.state = 'waiting' AND v.state IN ('requested','provisioning','booting') \
+             AND v.id <> $2 ORDER BY t.created_at, t.id LIMIT 1{lock}"
+        );
+        Ok(in_tx!(&self.db, |tx| {
+            let found: Option<(String, String)> =
+                sqlx::query_as(&find).bind(pool).bind(vm_id).fetch_optional(&mut *tx).await?;
+            let Some((task, old)) = found else { return Ok(None) };
+            let freed = sqlx::query(
+                "UPDATE vms SET task_id = NULL, preallocated = TRUE WHERE id = $1 AND task_id = $2 \
+                 AND state IN ('requested','provisioning','booting')",
+            )
+            .bind(&old)
+            .bind(&task)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let taken = if freed == 1 {
+                sqlx::query("UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1 AND task_id IS NULL AND state = 'booting'")
+                    .bind(vm_id)
+                    .bind(&task)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            if taken == 1 {
+                sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                    .bind(&task)
+                    .bind(vm_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(task)
+            } else {
+                if freed == 1 {
+                    // Put the reservation back as it was.
+                    sqlx::query("UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1")
+                        .bind(&old)
+                        .bind(&task)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None
+            }
+        }))
+    }
+
     /// Tasks queued without a VM, oldest first.
     ///
     /// # Errors
