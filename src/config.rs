@@ -372,6 +372,46 @@ pub struct PoolConfig {
     /// Moves the warm target by the steps of a CloudWatch alarm.
     #[serde(default)]
     pub step_scaling: Option<PoolStepScaling>,
+    /// Sizes the warm target from a forecast of arrivals within the coming boot window.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
+}
+
+/// Forecast-driven warm target of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// Which quantile of the tasks that arrived per window to keep warm (0.9: nine windows in
+    /// ten are covered).
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
+    /// The window: about the p95 boot time of the pool's instances.
+    #[serde(default = "default_horizon", with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Weight of the last half hour against the same time of day on the previous seven days.
+    #[serde(default = "default_recent_weight")]
+    pub recent_weight: f64,
+}
+
+fn default_quantile() -> f64 {
+    0.9
+}
+fn default_horizon() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_recent_weight() -> f64 {
+    0.5
+}
+
+impl ForecastConfig {
+    /// As the planner takes it.
+    pub fn forecast(&self) -> vmfleet_scaler::forecast::Forecast {
+        vmfleet_scaler::forecast::Forecast {
+            horizon_ms: self.horizon.as_millis() as i64,
+            quantile: self.quantile,
+            recent_weight: self.recent_weight,
+        }
+    }
 }
 
 /// A schedule window of a pool.
@@ -716,6 +756,21 @@ impl Config {
                     &w.cron,
                     format!("{} is above the pool's max_instances {max}", w.min_idle),
                 );
+            }
+        }
+        if let Some(f) = &pool.forecast {
+            if !(0.0..=1.0).contains(&f.quantile) {
+                return fail("forecast.quantile", "quantile", format!("{} is not between 0 and 1", f.quantile));
+            }
+            if !(0.0..=1.0).contains(&f.recent_weight) {
+                return fail(
+                    "forecast.recent_weight",
+                    "recent_weight",
+                    format!("{} is not between 0 and 1", f.recent_weight),
+                );
+            }
+            if f.horizon < Duration::from_secs(60) {
+                return fail("forecast.horizon", "horizon", "must be at least 1m".into());
             }
         }
         if let Some(st) = &pool.step_scaling {

@@ -106,6 +106,8 @@ pub struct Fleet {
     policy_error: std::sync::RwLock<Option<String>>,
     /// Alarm-driven warm targets by pool: (target, when it last changed).
     step_targets: Mutex<HashMap<String, (u32, Option<i64>)>>,
+    /// Arrivals per pool for the forecast, and the newest arrival time read.
+    arrivals: tokio::sync::Mutex<(HashMap<String, vmfleet_scaler::forecast::History>, i64)>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -187,6 +189,7 @@ impl Fleet {
             policies: std::sync::RwLock::new(Arc::new(crate::policy::Policies::from_config(&config_for_policies))),
             policy_error: std::sync::RwLock::new(None),
             step_targets: Mutex::new(HashMap::new()),
+            arrivals: tokio::sync::Mutex::new((HashMap::new(), 0)),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)
@@ -902,6 +905,7 @@ impl Fleet {
             }
         }
         let steps = self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let forecasts = self.forecast_targets(&policies, now).await?;
         let mut pools = Vec::new();
         for key in &keys {
             let cfg = policies.pool(key);
@@ -912,7 +916,13 @@ impl Fleet {
             let mut obs = observe(key, vms, current.as_deref());
             obs.queued = queued.iter().filter(|t| t.pool == *key).count() as u32;
             let policy = match cfg {
-                Some(p) => scaler_policy(p, steps.get(key).map(|s| s.0)),
+                Some(p) => {
+                    let floor = match (steps.get(key).map(|s| s.0), forecasts.get(key)) {
+                        (Some(a), Some(b)) => Some(a.max(*b)),
+                        (a, b) => a.or(b.copied()),
+                    };
+                    scaler_policy(p, floor)
+                }
                 None => vmfleet_scaler::PoolPolicy { max_replace_share: 0.25, ..Default::default() },
             };
             pools.push((obs, policy));
@@ -977,6 +987,45 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// Warm targets of pools with a `forecast`, from the arrivals in the store (read
+    /// incrementally, so every replica's requests count).
+    async fn forecast_targets(
+        &self,
+        policies: &crate::policy::Policies,
+        now: i64,
+    ) -> Result<HashMap<String, u32>, FleetError> {
+        let with: Vec<(String, vmfleet_scaler::forecast::Forecast)> = policies
+            .pools
+            .iter()
+            .filter_map(|p| Some((pool_key(p.executor.as_str(), &p.image, &p.resource_class), p.forecast?.forecast())))
+            .collect();
+        if with.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut guard = self.arrivals.lock().await;
+        let (histories, seen) = &mut *guard;
+        if *seen == 0 {
+            *seen = now - 8 * 86_400_000;
+        }
+        loop {
+            let batch = self.store.arrivals_since(*seen, 10_000).await?;
+            for (pool, at) in &batch {
+                histories.entry(pool.clone()).or_default().record(*at);
+                *seen = (*seen).max(*at);
+            }
+            if batch.len() < 10_000 {
+                break;
+            }
+        }
+        Ok(with
+            .into_iter()
+            .map(|(key, f)| {
+                let t = histories.get(&key).map_or(0, |h| f.target(h, now));
+                (key, t)
+            })
+            .collect())
     }
 
     /// Whether the periodic job `name` is due (and if so, marks it run at `now`).

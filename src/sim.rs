@@ -186,7 +186,7 @@ trait Planner: Send {
 /// vmfleet: the production planner, with the warm target at least the forecast.
 struct Vmfleet {
     policies: Vec<PoolPolicy>,
-    forecast: Forecast,
+    forecasts: Vec<Forecast>,
     /// The forecast per pool, computed once a minute: (minute, target).
     cache: Vec<(i64, u32)>,
 }
@@ -200,9 +200,9 @@ impl Planner for Vmfleet {
         if self.cache.len() != obs.len() {
             self.cache = vec![(i64::MIN, 0); obs.len()];
         }
-        for (c, h) in self.cache.iter_mut().zip(history) {
+        for ((c, h), f) in self.cache.iter_mut().zip(history).zip(&self.forecasts) {
             if c.0 != minute {
-                *c = (minute, self.forecast.target(h, now));
+                *c = (minute, f.target(h, now));
             }
         }
         let pairs: Vec<(PoolObservation, PoolPolicy)> = obs
@@ -880,21 +880,21 @@ struct Candidate {
     make: Box<dyn Fn() -> Box<dyn Planner> + Send + Sync>,
 }
 
-fn vmfleet_candidates(base: &[PoolPolicy], horizon_ms: i64, sweep: bool) -> Vec<Candidate> {
-    let qs: Vec<f64> = if sweep { vec![0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0] } else { vec![0.9] };
+fn vmfleet_candidates(base: &[(PoolPolicy, Forecast)], sweep: bool) -> Vec<Candidate> {
+    let qs: Vec<Option<f64>> =
+        if sweep { [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(Some).to_vec() } else { vec![None] };
     qs.into_iter()
         .map(|q| {
-            let base = base.to_vec();
-            let name = if sweep { format!("vmfleet:q={q}") } else { "vmfleet".to_string() };
+            let policies: Vec<PoolPolicy> = base.iter().map(|(p, _)| p.clone()).collect();
+            let forecasts: Vec<Forecast> =
+                base.iter().map(|(_, f)| Forecast { quantile: q.unwrap_or(f.quantile), ..*f }).collect();
+            let name = q.map_or_else(|| "vmfleet".to_string(), |q| format!("vmfleet:q={q}"));
             Candidate {
                 name,
                 family: "vmfleet",
                 make: Box::new(move || {
-                    Box::new(Vmfleet {
-                        policies: base.clone(),
-                        forecast: Forecast { horizon_ms, quantile: q, recent_weight: 0.5 },
-                        cache: Vec::new(),
-                    }) as Box<dyn Planner>
+                    Box::new(Vmfleet { policies: policies.clone(), forecasts: forecasts.clone(), cache: Vec::new() })
+                        as Box<dyn Planner>
                 }),
             }
         })
@@ -1002,8 +1002,9 @@ fn baseline_candidates(which: &str, shares: &[f64], sweep: bool) -> anyhow::Resu
     Ok(out)
 }
 
-/// The policies of each trace pool, from `--policy` (pools it does not name: vmfleet's defaults).
-fn pool_policies(trace: &Trace, file: Option<&Path>) -> anyhow::Result<Vec<PoolPolicy>> {
+/// The policy and forecast of each trace pool, from `--policy` (pools it does not name, and
+/// pools without a `forecast`: vmfleet's defaults, with the boot p95 as the horizon).
+fn pool_policies(trace: &Trace, file: Option<&Path>, horizon_ms: i64) -> anyhow::Result<Vec<(PoolPolicy, Forecast)>> {
     let config = crate::config::Config::default();
     let defaults = PoolPolicy {
         min_idle: 0,
@@ -1015,14 +1016,15 @@ fn pool_policies(trace: &Trace, file: Option<&Path>) -> anyhow::Result<Vec<PoolP
         schedules: Vec::new(),
         step_target: None,
     };
-    let Some(file) = file else { return Ok(vec![defaults; trace.pools.len()]) };
+    let forecast = Forecast { horizon_ms, ..Forecast::default() };
+    let Some(file) = file else { return Ok(vec![(defaults, forecast); trace.pools.len()]) };
     let policies = crate::policy::Policies::load_file(file, &config).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(trace
         .pools
         .iter()
         .map(|key| match policies.pool(key) {
-            Some(p) => crate::fleet::scaler_policy(p, None),
-            None => defaults.clone(),
+            Some(p) => (crate::fleet::scaler_policy(p, None), p.forecast.map_or(forecast, |f| f.forecast())),
+            None => (defaults.clone(), forecast),
         })
         .collect())
 }
@@ -1042,8 +1044,8 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let cloud = Cloud::new(args.boot_time, args.boot_time_p95, args.capacity_errors);
-    let base = pool_policies(&trace, args.policy.as_deref())?;
-    let mut candidates = vmfleet_candidates(&base, args.boot_time_p95.as_millis() as i64, args.sweep);
+    let base = pool_policies(&trace, args.policy.as_deref(), args.boot_time_p95.as_millis() as i64)?;
+    let mut candidates = vmfleet_candidates(&base, args.sweep);
     let sh = shares(&trace);
     for b in &args.compare {
         candidates.extend(baseline_candidates(b.trim(), &sh, args.sweep)?);
@@ -1258,7 +1260,7 @@ mod tests {
         let run = |seed| {
             let mut p = Vmfleet {
                 policies: vec![PoolPolicy { max_replace_share: 0.25, ..Default::default() }],
-                forecast: Forecast::default(),
+                forecasts: vec![Forecast::default()],
                 cache: Vec::new(),
             };
             Sim::new(&t, cloud, seed).run(&mut p, false).0

@@ -296,3 +296,25 @@ fn the_shipped_default_policy_validates_and_bad_files_name_file_line_and_key() {
         assert!(err.contains(&format!("bad.yaml{want}")), "{text}\n=> {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forecast_pool_keeps_warm_what_recently_arrived_per_boot_window() {
+    let env = start("pools:\n  - {executor: machine, min_idle: 0, forecast: {quantile: 1.0, horizon: 3m}}\n").await;
+    let fleet = env.fleet().clone();
+    settle(&fleet, 0).await;
+    // Three tasks arrive together (a build with parallelism 3) and finish.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(fleet.request_task(&req(false, "gh/acme/app")).await.expect("request").id);
+    }
+    for id in &ids {
+        common::eventually(60, || async {
+            (fleet.store.task(id).await.expect("task").state == "assigned").then_some(())
+        })
+        .await;
+        fleet.release_task(id).await.expect("release");
+    }
+    // Nothing is known of earlier days, so the last half hour decides: three per window.
+    settle(&fleet, 3).await;
+    clean_up(&env).await;
+}

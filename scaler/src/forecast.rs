@@ -42,13 +42,15 @@ impl History {
         }
     }
 
-    /// Arrivals in the minutes `[from, to)` (minute numbers).
+    /// Arrivals in the minutes `[from, to)` (minute numbers); `None` for a window that ends
+    /// before anything was recorded (nothing is known of it).
     fn sum(&self, from: i64, to: i64) -> Option<u32> {
-        if self.counts.is_empty() || from < self.origin_min {
+        if self.counts.is_empty() || to <= self.origin_min {
             return None;
         }
         let end = self.origin_min + self.counts.len() as i64;
-        let (a, b) = ((from - self.origin_min) as usize, (to.min(end) - self.origin_min).max(0) as usize);
+        let a = (from.max(self.origin_min) - self.origin_min) as usize;
+        let b = (to.min(end) - self.origin_min).max(0) as usize;
         Some(self.counts.range(a.min(b)..b).sum())
     }
 }

@@ -688,6 +688,15 @@ impl Store {
         }))
     }
 
+    /// (pool, created_at) of tasks requested after `since`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn arrivals_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT pool, created_at FROM tasks WHERE created_at > $1 ORDER BY created_at LIMIT $2";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(since).bind(limit).fetch_all(p).await)?)
+    }
+
     /// Tasks queued without a VM, oldest first.
     ///
     /// # Errors
