@@ -1273,6 +1273,28 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_week_trace_loads_and_bad_rows_name_their_line() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/travis-2019-10-07-week.csv");
+        let t = load_trace(&path).expect("trace");
+        assert_eq!(t.tasks.len(), 29_202, "the README's count");
+        assert_eq!(t.pools.len(), 5);
+        assert!(t.pools.contains(&"machine/windows-default/windows.medium".to_string()));
+        assert!(t.tasks.windows(2).all(|w| w[0].at <= w[1].at));
+        let dir = std::env::temp_dir().join(format!("vmfleet-trace-{}", crate::store::short_id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bad = dir.join("bad.csv");
+        std::fs::write(
+            &bad,
+            "submitted_at,project,executor,resource_class,docker_layer_caching,duration_s\n\
+             2019-10-07T00:01:21Z,a/b,machine,medium,false,10\n2019-10-07T00:01:22Z,a/b,machine,medium,maybe,10\n",
+        )
+        .expect("write");
+        let err = load_trace(&bad).expect_err("bad").to_string();
+        assert!(err.contains("bad.csv:3") && err.contains("docker_layer_caching"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn the_frontier_keeps_only_undominated_points() {
         let o = |cost: f64, p95: f64| Outcome { cost, p95_queue_s: p95, ..Default::default() };
         let pts = [

@@ -802,7 +802,7 @@ async fn kill_9_mid_launch_then_restart_and_gc_leave_no_untracked_instance() {
             .expect("serve")
     };
     let up = || async {
-        common::eventually(30, || async {
+        common::eventually(90, || async {
             cli(&config, &["status"]).output().await.ok().filter(|o| o.status.success()).map(|_| ())
         })
         .await
@@ -816,7 +816,7 @@ async fn kill_9_mid_launch_then_restart_and_gc_leave_no_untracked_instance() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let task: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let task_id = task["id"].as_str().expect("id").to_string();
-    let made = common::eventually(30, || async {
+    let made = common::eventually(90, || async {
         let ids = tagged_instances(&e, &e.install).await;
         (!ids.is_empty()).then_some(ids)
     })
