@@ -108,6 +108,8 @@ pub struct Fleet {
     step_targets: Mutex<HashMap<String, (u32, Option<i64>)>>,
     /// Arrivals per pool for the forecast, and the newest arrival time read.
     arrivals: tokio::sync::Mutex<(HashMap<String, vmfleet_scaler::forecast::History>, i64)>,
+    /// The forecast targets of the last pass, for the published numbers.
+    forecast_last: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -190,6 +192,7 @@ impl Fleet {
             policy_error: std::sync::RwLock::new(None),
             step_targets: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::Mutex::new((HashMap::new(), 0)),
+            forecast_last: Mutex::new(HashMap::new()),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)
@@ -1019,13 +1022,25 @@ impl Fleet {
                 break;
             }
         }
-        Ok(with
+        let targets: HashMap<String, u32> = with
             .into_iter()
             .map(|(key, f)| {
                 let t = histories.get(&key).map_or(0, |h| f.target(h, now));
                 (key, t)
             })
-            .collect())
+            .collect();
+        self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&targets);
+        Ok(targets)
+    }
+
+    /// The floor the alarm and the forecast put under a pool's warm target now.
+    fn target_floor(&self, pool: &str) -> Option<u32> {
+        let step = self.step_target(pool);
+        let forecast = self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()).get(pool).copied();
+        match (step, forecast) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether the periodic job `name` is due (and if so, marks it run at `now`).
@@ -1218,7 +1233,7 @@ impl Fleet {
             s.idle = obs.idle.len() as u32;
             s.busy = obs.busy;
             if let Some(p) = policies.pool(key) {
-                s.target = vmfleet_scaler::warm_target(&obs, &scaler_policy(p, self.step_target(key)), now);
+                s.target = vmfleet_scaler::warm_target(&obs, &scaler_policy(p, self.target_floor(key)), now);
             }
         }
         let mut all = Vec::new();
