@@ -596,7 +596,8 @@ impl Fleet {
             };
             match self.provider.launch(&spec).await {
                 Ok(inst) => {
-                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, now_ms()).await?;
+                    let itype = inst.instance_type.as_deref();
+                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, itype, now_ms()).await?;
                     info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "launched");
                 }
                 Err(ProvisionError::Invalid(m)) => {

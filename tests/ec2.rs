@@ -854,3 +854,44 @@ async fn kill_9_mid_launch_then_restart_and_gc_leave_no_untracked_instance() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(tagged_instances(&e, &e.install).await.is_empty(), "reset leaves no instance with our tag");
 }
+
+#[tokio::test]
+async fn the_vm_row_records_the_fallback_type_the_launch_got() {
+    let Some(e) = env_with(|s| s.subnet_ids.truncate(1)).await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(dir.path());
+    config.provider.kind = vmfleet::config::ProviderKind::Ec2;
+    config.install_id = Some(e.install.clone());
+    config.images.custom_linux = BTreeMap::from([("us-east-1".into(), e.ami.clone())]);
+    let medium = config.resource_classes.get_mut("medium").expect("medium");
+    medium.instance_type = "m5.large".into();
+    medium.fallback_instance_types = vec!["m5a.large".into()];
+    let ec2 = &mut config.provider.ec2;
+    ec2.region = "us-east-1".into();
+    ec2.endpoint_url = Some(e.url.clone());
+    ec2.access_key_id = Some("testing".into());
+    ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
+    ec2.subnet_ids = vec![e.subnets[0].0.clone()];
+    ec2.security_group_id = Some(e.sg.clone());
+    ec2.sdk_max_attempts = 1;
+    // Readiness checks stay on this machine.
+    ec2.ssh_address_override = Some(format!("127.0.0.1:{}", any_key_sshd().await));
+    e.proxy.inject("RunInstances", "InsufficientInstanceCapacity", 500, 1);
+    let store = common::sqlite_store(dir.path()).await;
+    let provider = vmfleet::fleet::build_provider(&config).await.expect("provider");
+    let fleet = vmfleet::fleet::Fleet::new(config, store, provider).await.expect("fleet");
+    let req = vmfleet::fleet::TaskRequest {
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        project: "gh/acme/app".into(),
+        docker_layer_caching: false,
+    };
+    let task = fleet.request_task(&req).await.expect("request");
+    let vm_id = task.vm_id.expect("an on-demand VM");
+    assert_eq!(fleet.store.vm(&vm_id).await.expect("vm").instance_type, "m5.large", "what was asked for");
+    fleet.reconcile_once().await.expect("reconcile");
+    let vm = fleet.store.vm(&vm_id).await.expect("vm");
+    assert_eq!(vm.instance_type, "m5a.large", "what was launched");
+    fleet.reset().await.expect("clean up");
+}

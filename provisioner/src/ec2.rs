@@ -357,6 +357,7 @@ impl Ec2Provider {
             ssh_port: port,
             host_key: None,
             zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+            instance_type: i.instance_type().map(|t| t.as_str().to_string()),
             launched_at_ms: ms(i.launch_time()),
         })
     }

@@ -163,6 +163,10 @@ pub struct Instance {
     pub host_key: Option<String>,
     /// Availability zone.
     pub zone: String,
+    /// The instance type it runs as (a fallback type when the first had no capacity); `None`
+    /// where the driver has no types.
+    #[serde(default)]
+    pub instance_type: Option<String>,
     /// Launch time, milliseconds since the Unix epoch.
     pub launched_at_ms: i64,
 }

@@ -758,18 +758,27 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records what the provider said at launch.
+    /// Records what the provider said at launch: the instance, its zone, and the instance type
+    /// it got (a fallback type when the first had no capacity).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn set_launched(&self, id: &str, instance_id: &str, zone: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn set_launched(
+        &self,
+        id: &str,
+        instance_id: &str,
+        zone: &str,
+        instance_type: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let sql = "UPDATE vms SET state = 'provisioning', instance_id = $2, zone = $3, provisioning_at = $4, \
-                   state_since = $4 WHERE id = $1 AND state = 'requested'";
+                   instance_type = COALESCE($5, instance_type), state_since = $4 WHERE id = $1 AND state = 'requested'";
         let n = with_pool!(&self.db, |p| sqlx::query(sql)
             .bind(id)
             .bind(instance_id)
             .bind(zone)
             .bind(now)
+            .bind(instance_type)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))?;

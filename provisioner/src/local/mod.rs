@@ -134,6 +134,7 @@ impl LocalProvider {
             ssh_port: agent.as_ref().map_or(0, |a| a.port),
             host_key: agent.map(|a| a.host_key),
             zone: LOCAL_ZONE.into(),
+            instance_type: None,
             launched_at_ms: file.launched_at_ms,
         })
     }
