@@ -108,8 +108,9 @@ pub struct Fleet {
     step_targets: Mutex<HashMap<String, (u32, Option<i64>)>>,
     /// Arrivals per pool for the forecast, and the newest arrival time read.
     arrivals: tokio::sync::Mutex<(HashMap<String, vmfleet_scaler::forecast::History>, i64)>,
-    /// The forecast targets of the last pass, for the published numbers.
-    forecast_last: Mutex<HashMap<String, u32>>,
+    /// The forecast targets, with the minute and the forecasts they were computed for (a target
+    /// depends only on whole minutes, so one computation a minute serves every pass).
+    forecast_last: Mutex<ForecastCache>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -192,7 +193,7 @@ impl Fleet {
             policy_error: std::sync::RwLock::new(None),
             step_targets: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::Mutex::new((HashMap::new(), 0)),
-            forecast_last: Mutex::new(HashMap::new()),
+            forecast_last: Mutex::new(ForecastCache::default()),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)
@@ -888,13 +889,6 @@ impl Fleet {
         }
         let policies = self.policies();
         let queued = self.store.queued_tasks().await?;
-        let idle_elsewhere = vms
-            .iter()
-            .any(|v| v.vm_state() == Some(VmState::Ready) && v.task_id.is_none() && policies.pool(&v.pool).is_none());
-        if policies.pools.is_empty() && queued.is_empty() && !idle_elsewhere {
-            return Ok(());
-        }
-        let now = now_ms();
         let mut keys: Vec<String> =
             policies.pools.iter().map(|p| pool_key(p.executor.as_str(), &p.image, &p.resource_class)).collect();
         for t in &queued {
@@ -908,8 +902,11 @@ impl Fleet {
                 keys.push(v.pool.clone());
             }
         }
-        let steps = self.step_targets.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let forecasts = self.forecast_targets(&policies, now).await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.refresh_forecasts(&policies, now).await?;
         let mut pools = Vec::new();
         for key in &keys {
             let cfg = policies.pool(key);
@@ -920,13 +917,7 @@ impl Fleet {
             let mut obs = observe(key, vms, current.as_deref());
             obs.queued = queued.iter().filter(|t| t.pool == *key).count() as u32;
             let policy = match cfg {
-                Some(p) => {
-                    let floor = match (steps.get(key).map(|s| s.0), forecasts.get(key)) {
-                        (Some(a), Some(b)) => Some(a.max(*b)),
-                        (a, b) => a.or(b.copied()),
-                    };
-                    scaler_policy(p, floor)
-                }
+                Some(p) => scaler_policy(p, self.target_floor(key)),
                 None => vmfleet_scaler::PoolPolicy { max_replace_share: 0.25, ..Default::default() },
             };
             pools.push((obs, policy));
@@ -993,51 +984,51 @@ impl Fleet {
         Ok(())
     }
 
-    /// Warm targets of pools with a `forecast`, from the arrivals in the store (read
-    /// incrementally, so every replica's requests count).
-    async fn forecast_targets(
-        &self,
-        policies: &crate::policy::Policies,
-        now: i64,
-    ) -> Result<HashMap<String, u32>, FleetError> {
+    /// Brings the warm targets of pools with a `forecast` up to date, from the arrivals in the
+    /// store (read incrementally, so every replica's requests count), once a minute.
+    async fn refresh_forecasts(&self, policies: &crate::policy::Policies, now: i64) -> Result<(), FleetError> {
         let with: Vec<(String, vmfleet_scaler::forecast::Forecast)> = policies
             .pools
             .iter()
             .filter_map(|p| Some((pool_key(p.executor.as_str(), &p.image, &p.resource_class), p.forecast?.forecast())))
             .collect();
-        if with.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut guard = self.arrivals.lock().await;
-        let (histories, seen) = &mut *guard;
-        if *seen == 0 {
-            *seen = now - 8 * 86_400_000;
-        }
-        loop {
-            let batch = self.store.arrivals_since(*seen, 10_000).await?;
-            for (pool, at) in &batch {
-                histories.entry(pool.clone()).or_default().record(*at);
-                *seen = (*seen).max(*at);
-            }
-            if batch.len() < 10_000 {
-                break;
+        let minute = now.div_euclid(60_000);
+        {
+            let cache = self.forecast_last.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.minute == minute && cache.forecasts == with {
+                return Ok(());
             }
         }
-        let targets: HashMap<String, u32> = with
-            .into_iter()
-            .map(|(key, f)| {
-                let t = histories.get(&key).map_or(0, |h| f.target(h, now));
-                (key, t)
-            })
-            .collect();
-        self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&targets);
-        Ok(targets)
+        let mut targets = HashMap::new();
+        if !with.is_empty() {
+            let mut guard = self.arrivals.lock().await;
+            let (histories, seen) = &mut *guard;
+            if *seen == 0 {
+                *seen = now - 8 * 86_400_000;
+            }
+            loop {
+                let batch = self.store.arrivals_since(*seen, 10_000).await?;
+                for (pool, at) in &batch {
+                    histories.entry(pool.clone()).or_default().record(*at);
+                    *seen = (*seen).max(*at);
+                }
+                if batch.len() < 10_000 {
+                    break;
+                }
+            }
+            for (key, f) in &with {
+                targets.insert(key.clone(), histories.get(key).map_or(0, |h| f.target(h, now)));
+            }
+        }
+        *self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()) =
+            ForecastCache { minute, forecasts: with, targets };
+        Ok(())
     }
 
     /// The floor the alarm and the forecast put under a pool's warm target now.
     fn target_floor(&self, pool: &str) -> Option<u32> {
         let step = self.step_target(pool);
-        let forecast = self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()).get(pool).copied();
+        let forecast = self.forecast_last.lock().unwrap_or_else(|p| p.into_inner()).targets.get(pool).copied();
         match (step, forecast) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -1712,6 +1703,14 @@ fn gc_volume(v: &VolumeRow) -> Option<vmfleet_gc::VolumeRecord> {
         last_used_at_ms: v.last_used_at,
         state_since_ms: v.state_since,
     })
+}
+
+/// Forecast targets and what they were computed for.
+#[derive(Debug, Default)]
+struct ForecastCache {
+    minute: i64,
+    forecasts: Vec<(String, vmfleet_scaler::forecast::Forecast)>,
+    targets: HashMap<String, u32>,
 }
 
 /// One pool as the scaler sees it. `current` is the image id the pool resolves to now; idle

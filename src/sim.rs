@@ -398,7 +398,6 @@ enum Ev {
 }
 
 struct IdleSim {
-    id: u64,
     name: String,
     ready_at: i64,
     launched_at: i64,
@@ -708,7 +707,6 @@ impl<'a> Sim<'a> {
                             self.start_task(pool, task);
                         } else {
                             self.pools[pool].idle.push_back(IdleSim {
-                                id: vm,
                                 name: vm.to_string(),
                                 ready_at: self.now,
                                 launched_at,
@@ -732,8 +730,7 @@ impl<'a> Sim<'a> {
                 while let Some(task) = tasks.get(next_task).filter(|x| x.at == t) {
                     let pool = task.pool;
                     self.history[pool].record(t);
-                    if let Some(vm) = self.pools[pool].idle.pop_front() {
-                        let _ = vm.id;
+                    if self.pools[pool].idle.pop_front().is_some() {
                         self.start_task(pool, next_task);
                     } else if planner.on_demand() {
                         self.launch(pool, Some(next_task));
@@ -749,13 +746,19 @@ impl<'a> Sim<'a> {
                     self.collect_volumes();
                 }
             }
+            // Queue depth averaged since the last evaluation; over a span under 3.6 s (1e-6 h)
+            // the depth now counts too.
             let span = ((t - last_eval) as f64 / 3_600_000.0).max(1e-9);
             let waiting_avg: Vec<f64> = self
                 .pools
-                .iter_mut()
+                .iter()
                 .map(|p| {
                     let avg = (p.acc_waiting - p.waiting_area_at_eval) / span;
-                    avg.max(p.waiting.len() as f64 * f64::from(u8::from(span < 1e-6)))
+                    if span < 1e-6 {
+                        avg.max(p.waiting.len() as f64)
+                    } else {
+                        avg
+                    }
                 })
                 .collect();
             if t - last_eval >= 60_000 {
