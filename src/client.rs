@@ -56,6 +56,35 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
+    /// GET of a long-lived response (an event stream): no overall timeout.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        let mut req = http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach vmfleet at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            bail!("{} {}: {}", status.as_u16(), status.canonical_reason().unwrap_or(""), msg);
+        }
+        Ok(resp)
+    }
+
+    /// Whether a server answers `/status` at all within a second.
+    pub async fn reachable(&self) -> bool {
+        let probe = self.http.get(format!("{}/status", self.base)).timeout(Duration::from_secs(1));
+        probe.send().await.is_ok()
+    }
+
     /// DELETE.
     ///
     /// # Errors

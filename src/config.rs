@@ -62,6 +62,37 @@ pub struct Config {
     pub gc: GcConfig,
     /// Publishing the fleet's metrics to CloudWatch and DogStatsD, and reading alarms.
     pub metrics_out: MetricsOut,
+    /// The job pipeline: claims, leases and how much this process runs at once.
+    pub jobs: JobsConfig,
+}
+
+/// Job pipeline settings.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How long a claim on a job task lasts without a heartbeat; a task of a process that died
+    /// is requeued once it expires.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Most job tasks this process runs at once.
+    pub max_running: usize,
+    /// Most times a task is started (a requeue after a lost claim counts); then it ends as an
+    /// infrastructure failure.
+    pub max_attempts: u32,
+    /// How long a `run` step may print nothing when its config gives no `no_output_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub no_output_timeout: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            max_running: 32,
+            max_attempts: 3,
+            no_output_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Where the fleet's metrics go, besides `/metrics`.
@@ -563,6 +594,7 @@ impl Default for Config {
             policies_dir: None,
             gc: GcConfig::default(),
             metrics_out: MetricsOut::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }

@@ -473,7 +473,7 @@ impl Fleet {
         Ok(v)
     }
 
-    fn event(&self, action: &str, actor: &str, target: &str, payload: &str) -> AuditEvent {
+    pub(crate) fn event(&self, action: &str, actor: &str, target: &str, payload: &str) -> AuditEvent {
         AuditEvent {
             id: short_id(),
             version: 1,
@@ -488,7 +488,7 @@ impl Fleet {
         }
     }
 
-    async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {
+    pub(crate) async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {
         let e = self.event(action, actor, target, payload);
         if let Err(err) = self.store.audit(&e).await {
             warn!(%err, action, "audit event not written");
@@ -642,7 +642,7 @@ impl Fleet {
         });
     }
 
-    fn ssh_target(vm: &VmRow) -> Option<ssh::Target> {
+    pub(crate) fn ssh_target(vm: &VmRow) -> Option<ssh::Target> {
         Some(ssh::Target {
             host: vm.host.clone()?,
             port: u16::try_from(vm.ssh_port?).ok()?,
@@ -1772,7 +1772,7 @@ async fn send_udp(address: &str, datagrams: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn validate_project(p: &str) -> Result<(), FleetError> {
+pub(crate) fn validate_project(p: &str) -> Result<(), FleetError> {
     let ok = !p.is_empty()
         && p.len() <= 200
         && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@' | ':'));

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod fleet;
+pub mod jobs;
 pub mod metrics;
 pub mod metrics_out;
 pub mod policy;

@@ -82,6 +82,12 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run a CircleCI job and stream its output; exits with the job's status. Without --server
+    /// and with no server running, a fleet on the embedded default runs it in this process.
+    Run(vmfleet::jobs::cli::RunArgs),
+    /// Jobs: list, show, logs, cancel, ssh; check a CircleCI config.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
     /// Runs one local VM's agent (started by the local provider).
     #[command(hide = true)]
     LocalVmAgent {
@@ -95,6 +101,49 @@ struct JsonFlag {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Jobs, newest first.
+    List {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// One job (id or number): its tasks and their steps.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// A job's output; with --follow until it ends.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel a job: its steps stop and its VMs are destroyed.
+    Cancel { id: String },
+    /// Print the ssh command that reaches a running task's VM (writes its key to --key-file).
+    Ssh {
+        id: String,
+        /// Which parallel task.
+        #[arg(long, default_value_t = 0)]
+        node: i64,
+        /// Where to write the VM's private key (mode 0600).
+        #[arg(long, default_value = "vmfleet-job.key")]
+        key_file: PathBuf,
+    },
+    /// Check a CircleCI config: every job with its executor, image, resource class,
+    /// parallelism and DLC, and why a job cannot run here.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,9 +332,10 @@ fn main() -> std::process::ExitCode {
         };
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMFLEET_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VMFLEET_LOG").unwrap_or_else(|_| {
+            // The one-command demo prints the job's output, not the fleet's log.
+            if matches!(cli.cmd, Cmd::Run(_)) { "warn,sqlx=warn" } else { "info,sqlx=warn" }.into()
+        }))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {
@@ -671,6 +721,22 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             vmfleet::bench::dlc(&config, args).await?;
         }
+        Cmd::Run(args) => {
+            let config = load_config(cli.config.as_deref())?;
+            let sub = vmfleet::jobs::cli::submission(args)?;
+            let api = client(&cli, &config)?;
+            let code = if cli.server.is_some() || api.reachable().await {
+                vmfleet::jobs::cli::run_remote(&api, &sub).await?
+            } else {
+                vmfleet::jobs::cli::run_local(config, &sub).await?
+            };
+            return Ok(std::process::ExitCode::from(code));
+        }
+        Cmd::Jobs(JobsCmd::Validate { file, json }) => return validate_jobs(file, json.json),
+        Cmd::Jobs(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            return jobs(&client(&cli, &config)?, c).await;
+        }
         Cmd::LocalVmAgent { .. } | Cmd::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
     Ok(ok)
@@ -758,6 +824,164 @@ async fn images(api: &Client, c: &ImagesCmd) -> anyhow::Result<std::process::Exi
             println!("{a} -> {}", d.aliases.get(a).map_or("?", String::as_str));
             detail(&d);
         }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn validate_jobs(file: &Path, as_json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let cfg = match vmfleet::jobs::circleci::ConfigFile::parse(&text, &file.display().to_string()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
+    };
+    let jobs = cfg.summaries();
+    if as_json {
+        print_json(&jobs)?;
+    } else {
+        table(
+            &["Job", "Line", "Kind", "Image", "Class", "Parallelism", "DLC", "Windows"],
+            jobs.iter()
+                .map(|j| {
+                    vec![
+                        j.name.clone(),
+                        j.line.to_string(),
+                        j.kind.as_str().to_string(),
+                        opt(&j.image),
+                        opt(&j.resource_class),
+                        j.parallelism.to_string(),
+                        j.docker_layer_caching.to_string(),
+                        j.windows.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        for j in jobs.iter().filter(|j| j.error.is_some()) {
+            println!("cannot run {}: {}", j.name, j.error.as_deref().unwrap_or_default());
+        }
+        match cfg.workflow_jobs() {
+            Ok(w) if !w.is_empty() => {
+                let names: Vec<String> = w.iter().filter(|w| w.name != w.job).map(|w| w.name.clone()).collect();
+                if !names.is_empty() {
+                    println!("workflow instances: {}", names.join(", "));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => println!("workflows: {e}"),
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::process::ExitCode> {
+    use vmfleet::api::views::{JobView, TaskView};
+    match c {
+        JobsCmd::List { state, json } => {
+            let q = state.as_ref().map(|s| format!("?state={s}")).unwrap_or_default();
+            let jobs: Vec<JobView> = api.get(&format!("/api/v1/jobs{q}")).await?;
+            if json.json {
+                print_json(&jobs)?;
+            } else {
+                table(
+                    &["Number", "ID", "Job", "Project", "State", "Tasks", "Queued", "Finished"],
+                    jobs.iter()
+                        .map(|j| {
+                            vec![
+                                j.number.to_string(),
+                                j.id.clone(),
+                                j.name.clone(),
+                                j.project.clone(),
+                                j.state.clone(),
+                                j.parallelism.to_string(),
+                                j.queued_at.clone(),
+                                opt(&j.finished_at),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        JobsCmd::Show { id, json } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            if json.json {
+                print_json(&j)?;
+            } else {
+                let mut v = serde_json::to_value(&j)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("tasks");
+                }
+                print_kv(&v);
+                for t in &j.tasks {
+                    println!();
+                    println!(
+                        "task {} node {}: {} (attempt {}, exit code {})",
+                        t.id,
+                        t.node_index,
+                        t.state,
+                        t.attempt,
+                        t.exit_code.map_or("-".into(), |c| c.to_string())
+                    );
+                    if let Some(r) = &t.failure_reason {
+                        println!("  {r}");
+                    }
+                    for s in &t.steps {
+                        let d = s.duration_s.map_or("-".into(), |d| format!("{d:.1} s"));
+                        let code = s.exit_code.map_or(String::new(), |c| format!(" (exit code {c})"));
+                        println!("  {:>3}  {:<10} {:>8}  {}{code}", s.index, s.state, d, s.name);
+                    }
+                }
+            }
+        }
+        JobsCmd::Logs { id, follow } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            if *follow {
+                return Ok(std::process::ExitCode::from(
+                    vmfleet::jobs::cli::follow_remote(api, &j.id, j.parallelism).await?,
+                ));
+            }
+            let mut resp = api.stream(&format!("/api/v1/jobs/{}/output?follow=false", j.id)).await?;
+            let mut printer = vmfleet::jobs::cli::Printer::new(j.parallelism);
+            let mut body = String::new();
+            while let Some(chunk) = resp.chunk().await? {
+                body.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            let mut event = "";
+            for line in body.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    if event == "output" {
+                        printer.print(&serde_json::from_str(d.strip_prefix(' ').unwrap_or(d))?);
+                    }
+                }
+            }
+        }
+        JobsCmd::Cancel { id } => {
+            let j: JobView = api.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?;
+            println!("job {} #{}: cancel requested ({})", j.id, j.number, j.state);
+        }
+        JobsCmd::Ssh { id, node, key_file } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            let Some(t) = j.tasks.iter().find(|t| t.node_index == *node) else {
+                bail!("job {} has no task with node index {node}", j.id);
+            };
+            let Some(ft) = t.fleet_task_id.as_ref().filter(|_| t.state == "running") else {
+                bail!("task {} of job {} is {}, not running on a VM", t.id, j.id, t.state);
+            };
+            let task: TaskView = api.get(&format!("/api/v1/tasks/{ft}")).await?;
+            let Some(ssh) = &task.ssh else { bail!("task {} has no VM yet ({})", t.id, task.state) };
+            write_private(key_file, &ssh.private_key)?;
+            println!(
+                "ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {}@{}",
+                key_file.display(),
+                ssh.port,
+                ssh.user,
+                ssh.host
+            );
+        }
+        JobsCmd::Validate { .. } => unreachable!("handled without a server"),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

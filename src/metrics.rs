@@ -39,8 +39,12 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, labels);
+    }
+
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&h.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
@@ -62,6 +66,8 @@ pub struct Metrics {
     pub assignment_latency: Histogram,
     /// VM requested to ready.
     pub provisioning_duration: Histogram,
+    /// Job task queued to its VM handed over, by pool.
+    job_queue: Mutex<std::collections::BTreeMap<String, Histogram>>,
 }
 
 impl Default for Metrics {
@@ -69,6 +75,7 @@ impl Default for Metrics {
         Self {
             assignment_latency: Histogram::new(ASSIGN_BOUNDS),
             provisioning_duration: Histogram::new(PROVISION_BOUNDS),
+            job_queue: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -78,6 +85,12 @@ fn esc(s: &str) -> String {
 }
 
 impl Metrics {
+    /// Records how long a job task of `pool` waited from being queued to holding its VM.
+    pub fn observe_job_queue(&self, pool: &str, secs: f64) {
+        let mut m = self.job_queue.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(pool.to_string()).or_insert_with(|| Histogram::new(ASSIGN_BOUNDS)).observe(secs);
+    }
+
     /// Renders everything in the Prometheus text format.
     pub fn render(
         &self,
@@ -136,6 +149,14 @@ impl Metrics {
             "Time from a VM's request to it being ready.",
             "",
         );
+        let name = "vmfleet_job_queue_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a job task being queued to its VM being handed over, by pool.\n# TYPE {name} histogram"
+        );
+        for (pool, h) in self.job_queue.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.render_series(&mut out, name, &format!("pool=\"{}\"", esc(pool)));
+        }
         out
     }
 }

@@ -21,6 +21,8 @@ pub struct Running {
     pub state: AppState,
     /// Stops the loops.
     pub shutdown: Shutdown,
+    /// The job pipeline.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// Opens the store, builds the provider and the fleet, makes sure there is an admin token for
@@ -49,8 +51,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     if let Some(path) = config_path {
         tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
     }
-    let state = AppState { fleet: fleet.clone(), auth, config_error };
-    Ok(Running { fleet, state, shutdown })
+    let jobs = crate::jobs::Jobs::new(fleet.clone());
+    tokio::spawn(jobs.clone().run(shutdown.clone()));
+    let state = AppState { fleet: fleet.clone(), auth, config_error, jobs: jobs.clone() };
+    Ok(Running { fleet, state, shutdown, jobs })
 }
 
 /// Opens the store, retrying with jittered exponential backoff for about a minute while the

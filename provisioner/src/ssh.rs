@@ -267,10 +267,70 @@ impl Session {
         Ok(status)
     }
 
+    /// Runs `command`, writing `input` to its standard input, calling `sink` with output as it
+    /// arrives, until it exits, prints nothing for `idle` (when given), or `stop` completes.
+    /// A command that is ended is sent SIGKILL and its channel closed.
+    ///
+    /// # Errors
+    /// [`SshError::Connect`] when the session breaks.
+    pub async fn exec_until(
+        &self,
+        command: &str,
+        input: Option<&[u8]>,
+        idle: Option<Duration>,
+        stop: impl std::future::Future<Output = ()>,
+        mut sink: impl FnMut(Stream, &[u8]),
+    ) -> Result<ExecEnd, SshError> {
+        let broken = |e: russh::Error| SshError::Connect { addr: "session".into(), reason: e.to_string() };
+        let mut channel = self.handle.channel_open_session().await.map_err(broken)?;
+        channel.exec(true, command).await.map_err(broken)?;
+        if let Some(data) = input {
+            channel.data(data).await.map_err(broken)?;
+            channel.eof().await.map_err(broken)?;
+        }
+        tokio::pin!(stop);
+        let mut status = None;
+        let end = loop {
+            let idle_for = idle.unwrap_or(Duration::from_secs(365 * 86400));
+            tokio::select! {
+                msg = channel.wait() => match msg {
+                    None => break ExecEnd::Exited(status),
+                    Some(ChannelMsg::Data { ref data }) => sink(Stream::Stdout, data),
+                    Some(ChannelMsg::ExtendedData { ref data, ext: 1 }) => sink(Stream::Stderr, data),
+                    Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                    Some(_) => {}
+                },
+                _ = tokio::time::sleep(idle_for) => break ExecEnd::Idle,
+                _ = &mut stop => break ExecEnd::Stopped,
+            }
+        };
+        if !matches!(end, ExecEnd::Exited(_)) {
+            let _ = channel.signal(russh::Sig::KILL).await;
+            let _ = channel.close().await;
+        }
+        Ok(end)
+    }
+
     /// Closes the session politely.
     pub async fn close(self) {
+        self.disconnect().await;
+    }
+
+    /// Closes the session politely, through a shared reference.
+    pub async fn disconnect(&self) {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
+}
+
+/// How [`Session::exec_until`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// The command exited with this status (`None`: killed by a signal).
+    Exited(Option<u32>),
+    /// It printed nothing for the idle timeout and was ended.
+    Idle,
+    /// The stop future completed and it was ended.
+    Stopped,
 }
 
 /// Which output stream a chunk came from.

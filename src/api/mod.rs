@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::auth::{Authenticator, Principal, Scope};
 use crate::fleet::{Fleet, FleetError, TaskRequest};
-use views::{ImageDetail, ImagesView, Summary, TaskView, VmView, VolumeView};
+use views::{ImageDetail, ImagesView, JobView, OutputView, Summary, TaskView, VmView, VolumeView};
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Set when the configuration file on disk no longer validates.
     pub config_error: Arc<RwLock<Option<String>>>,
+    /// The job pipeline.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// An API error.
@@ -155,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/images/{name}/rollback", post(rollback_image))
         .route("/api/v1/volumes", get(list_volumes))
         .route("/api/v1/volumes/{id}", get(show_volume).delete(delete_volume))
+        .route("/api/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/output", get(job_output))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
@@ -353,4 +359,118 @@ async fn rollback_image(
     };
     s.fleet.rollback_image(req.alias.as_deref().unwrap_or(&name), &c.0.name).await?;
     Ok(Json(ImageDetail::load(&s.fleet, &name).await?))
+}
+
+async fn submit_job(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<crate::jobs::JobSubmission>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    c.require(AGENT)?;
+    let job = s.jobs.submit(&req, &c.0.name).await?;
+    Ok((StatusCode::CREATED, Json(JobView::load(&s.fleet.store, &job).await?)))
+}
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    c: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    c.require(OPERATOR)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let jobs = s.fleet.store.jobs(q.state.as_deref(), q.limit.unwrap_or(50).clamp(1, 1000)).await?;
+    Ok(Json(jobs.iter().map(JobView::summary).collect()))
+}
+
+async fn show_job(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    c.require(AGENT)?;
+    let job = s.fleet.store.job(&id).await?;
+    Ok(Json(JobView::load(&s.fleet.store, &job).await?))
+}
+
+async fn cancel_job(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    c.require(AGENT)?;
+    let job = s.jobs.cancel(&id, &c.0.name).await?;
+    Ok(Json(JobView::load(&s.fleet.store, &job).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputQuery {
+    follow: Option<bool>,
+}
+
+/// The job's output as server-sent events: `output` events (an [`OutputView`] each) as they
+/// are stored, then one `end` event with the job's state and exit code. With `follow=false`,
+/// what there is now, then `end` if the job has ended.
+async fn job_output(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+    c.require(AGENT)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let follow = q.follow.unwrap_or(true);
+    let job = s.fleet.store.job(&id).await?;
+    let store = s.fleet.store.clone();
+    struct Follow {
+        cursors: std::collections::HashMap<(String, i64), i64>,
+        ended: bool,
+    }
+    let start = Some(Follow { cursors: Default::default(), ended: false });
+    let job_id = job.id.clone();
+    let events = futures_util::stream::unfold(start, move |state| {
+        let (store, job_id) = (store.clone(), job_id.clone());
+        async move {
+            let mut f = state?;
+            loop {
+                let chunks = match crate::jobs::poll_output(&store, &job_id, &mut f.cursors).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let ev = Event::default().event("error").data(e.to_string());
+                        return Some((vec![ev], None));
+                    }
+                };
+                if !chunks.is_empty() {
+                    let evs = chunks
+                        .into_iter()
+                        .map(|(node, c)| {
+                            let v =
+                                OutputView { node, attempt: c.attempt, step: c.step, stream: c.stream, data: c.data };
+                            Event::default().event("output").data(serde_json::to_string(&v).unwrap_or_default())
+                        })
+                        .collect();
+                    return Some((evs, Some(f)));
+                }
+                if f.ended {
+                    let end = match store.job(&job_id).await {
+                        Ok(j) => match JobView::load(&store, &j).await {
+                            Ok(v) => {
+                                json!({"state": v.state, "exit_code": v.exit_code, "failure_reason": v.failure_reason})
+                            }
+                            Err(e) => json!({"error": e.to_string()}),
+                        },
+                        Err(e) => json!({"error": e.to_string()}),
+                    };
+                    return Some((vec![Event::default().event("end").data(end.to_string())], None));
+                }
+                let ended = store.job(&job_id).await.map(|j| !matches!(j.state.as_str(), "queued" | "running"));
+                match ended {
+                    // One more read after the end, for what was stored meanwhile.
+                    Ok(true) => f.ended = true,
+                    Ok(false) if !follow => return None,
+                    Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    Err(e) => {
+                        let ev = Event::default().event("error").data(e.to_string());
+                        return Some((vec![ev], None));
+                    }
+                }
+            }
+        }
+    })
+    .flat_map(|evs| futures_util::stream::iter(evs.into_iter().map(Ok::<_, std::convert::Infallible>)));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }

@@ -64,6 +64,13 @@ pub fn spec() -> Value {
             "/api/v1/images/{name}": {"get": with_id_name(op("An image's versions, aliases and alias history", "operator", "200", &[("404", "no such image")]))},
             "/api/v1/images/{name}/promote": {"post": with_id_name(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("404", "no such version")]))},
             "/api/v1/images/{name}/rollback": {"post": with_id_name(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("409", "nothing to roll back to")]))},
+            "/api/v1/jobs": {
+                "post": op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line, or a job this installation cannot run")]),
+                "get": op("List jobs, newest first (query: state, limit)", "operator", "200", &[("400", "bad query")]),
+            },
+            "/api/v1/jobs/{id}": {"get": with_id(op("Show a job (id or number) with its tasks and their steps", "operator, agent", "200", &[("404", "no such job")]))},
+            "/api/v1/jobs/{id}/output": {"get": with_id(op("The job's output as server-sent events: `output` events {node, attempt, step, stream, data}, then `end` {state, exit_code, failure_reason}; query follow=false for what there is now", "operator, agent", "200", &[("404", "no such job")]))},
+            "/api/v1/jobs/{id}/cancel": {"post": with_id(op("Cancel a job: queued tasks end, running ones stop and their VMs are destroyed", "operator, agent", "200", &[("404", "no such job"), ("409", "the job has ended")]))},
             "/api/v1/volumes": {"get": op("List DLC volumes", "operator", "200", &[])},
             "/api/v1/volumes/{id}": {
                 "get": with_id(op("Show a volume", "operator", "200", &[("404", "no such volume")])),

@@ -357,3 +357,173 @@ impl ImageDetail {
         Ok(Self { name: name.into(), versions, aliases, history })
     }
 }
+
+/// One step of a job task's attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepView {
+    /// 1-based position.
+    pub index: i64,
+    /// What it is (`checkout`, `run: NAME`, …).
+    pub name: String,
+    /// `running`, `success`, `failed`, `timedout`, `canceled`, `skipped`, `background`.
+    pub state: String,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i64>,
+    /// Seconds it ran, once it ended.
+    pub duration_s: Option<f64>,
+}
+
+/// One parallel task of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobTaskView {
+    /// Id.
+    pub id: String,
+    /// `CIRCLE_NODE_INDEX`.
+    pub node_index: i64,
+    /// `queued`, `running`, `success`, `failed`, `canceled`, `infrastructure_fail`.
+    pub state: String,
+    /// Starts so far (a requeue after a lost claim starts again).
+    pub attempt: i64,
+    /// The process running it.
+    pub owner: Option<String>,
+    /// The fleet task holding its VM.
+    pub fleet_task_id: Option<String>,
+    /// The fleet task holding its remote-Docker VM.
+    pub remote_task_id: Option<String>,
+    /// Exit code of the step that failed it (0 on success).
+    pub exit_code: Option<i64>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// When it started.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Steps of the latest attempt.
+    pub steps: Vec<StepView>,
+}
+
+/// A job (never with its deploy key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    /// Id.
+    pub id: String,
+    /// `CIRCLE_BUILD_NUM`.
+    pub number: i64,
+    /// Job name.
+    pub name: String,
+    /// Project.
+    pub project: String,
+    /// The config file it came from.
+    pub config_file: String,
+    /// `queued`, `running`, `success`, `failed`, `canceled`, `infrastructure_fail`.
+    pub state: String,
+    /// Pool of its VMs.
+    pub pool: String,
+    /// Parallel tasks.
+    pub parallelism: i64,
+    /// Repository `checkout` clones.
+    pub repo: Option<String>,
+    /// Revision.
+    pub revision: Option<String>,
+    /// Cancel asked for.
+    pub cancel_requested: bool,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Exit code of the first failed task (0 on success).
+    pub exit_code: Option<i64>,
+    /// When queued.
+    pub queued_at: String,
+    /// When its first task started.
+    pub started_at: Option<String>,
+    /// When its last task ended.
+    pub finished_at: Option<String>,
+    /// Its tasks (empty in listings).
+    pub tasks: Vec<JobTaskView>,
+}
+
+impl JobView {
+    /// Without tasks.
+    pub fn summary(j: &crate::store::JobRow) -> Self {
+        Self {
+            id: j.id.clone(),
+            number: j.number,
+            name: j.name.clone(),
+            project: j.project.clone(),
+            config_file: j.config_file.clone(),
+            state: j.state.clone(),
+            pool: j.pool.clone(),
+            parallelism: j.parallelism,
+            repo: j.repo.clone(),
+            revision: j.revision.clone(),
+            cancel_requested: j.cancel_requested,
+            failure_reason: j.failure_reason.clone(),
+            exit_code: None,
+            queued_at: ts(j.queued_at),
+            started_at: ts_opt(j.started_at),
+            finished_at: ts_opt(j.finished_at),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// With tasks and their steps.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn load(store: &crate::store::Store, j: &crate::store::JobRow) -> Result<Self, FleetError> {
+        let mut v = Self::summary(j);
+        for t in store.job_tasks(&j.id).await? {
+            let steps = store
+                .job_steps(&t.id, t.attempt)
+                .await?
+                .into_iter()
+                .map(|s| StepView {
+                    index: s.idx,
+                    name: s.name,
+                    state: s.state,
+                    exit_code: s.exit_code,
+                    duration_s: s.started_at.zip(s.finished_at).map(|(a, b)| (b - a) as f64 / 1000.0),
+                })
+                .collect();
+            v.tasks.push(JobTaskView {
+                id: t.id,
+                node_index: t.node_index,
+                state: t.state,
+                attempt: t.attempt,
+                owner: t.owner,
+                fleet_task_id: t.fleet_task_id,
+                remote_task_id: t.remote_task_id,
+                exit_code: t.exit_code,
+                failure_reason: t.failure_reason,
+                started_at: ts_opt(t.started_at),
+                finished_at: ts_opt(t.finished_at),
+                steps,
+            });
+        }
+        v.exit_code = match v.state.as_str() {
+            "success" => Some(0),
+            "failed" => v.tasks.iter().filter(|t| t.state == "failed").find_map(|t| t.exit_code).or(Some(1)),
+            _ => None,
+        };
+        Ok(v)
+    }
+
+    /// Whether the job has ended.
+    pub fn ended(&self) -> bool {
+        !matches!(self.state.as_str(), "queued" | "running")
+    }
+}
+
+/// One chunk of job output as the stream sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputView {
+    /// Node index of the task.
+    pub node: i64,
+    /// Attempt.
+    pub attempt: i64,
+    /// Step (1-based; 0 before the first, -1 after the last).
+    pub step: i64,
+    /// `out`, `err` or `sys`.
+    pub stream: String,
+    /// Text.
+    pub data: String,
+}

@@ -1412,3 +1412,5 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+mod jobs;

@@ -237,3 +237,84 @@ pub struct AliasRow {
     pub set_at: i64,
     pub actor: String,
 }
+
+/// A job row. `deploy_key` is secret: never log a `JobRow`.
+#[derive(Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub number: i64,
+    pub name: String,
+    pub project: String,
+    pub config_file: String,
+    /// JSON of the resolved `JobSpec`.
+    pub spec: String,
+    pub pool: String,
+    pub repo: Option<String>,
+    pub revision: Option<String>,
+    pub branch: Option<String>,
+    pub deploy_key: Option<String>,
+    pub parallelism: i64,
+    pub state: String,
+    pub cancel_requested: bool,
+    pub failure_reason: Option<String>,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl std::fmt::Debug for JobRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRow")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("project", &self.project)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One parallel task of a job.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobTaskRow {
+    pub id: String,
+    pub job_id: String,
+    pub node_index: i64,
+    pub project: String,
+    pub state: String,
+    pub owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub attempt: i64,
+    pub fleet_task_id: Option<String>,
+    pub remote_task_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<String>,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// One step of one attempt of a job task.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobStepRow {
+    pub job_task_id: String,
+    pub attempt: i64,
+    pub idx: i64,
+    pub name: String,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A chunk of a job task's output. `stream` is `out`, `err` or `sys` (the runner's own lines).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutputChunk {
+    pub job_task_id: String,
+    pub attempt: i64,
+    pub seq: i64,
+    pub job_id: String,
+    pub step: i64,
+    pub stream: String,
+    pub data: String,
+    pub at: i64,
+}

@@ -3,7 +3,9 @@
 //! Started by [`super::LocalProvider::launch`] as `vmfleet local-vm-agent --dir DIR`. It accepts
 //! exactly one public key for exactly one user, runs `exec` and `shell` requests with `bash` in
 //! the VM's home directory, streams stdout and stderr, and reports the exit status. It has no
-//! PTY support: interactive `ssh` works as a plain shell without a prompt.
+//! PTY support: interactive `ssh` works as a plain shell without a prompt. Each command runs in
+//! its own process group, so a closed channel or a signal request ends the command and
+//! everything it started, as a VM's sshd ends a session.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgrp, Pid};
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use russh::server::{self, Auth, Msg, Server as _, Session};
@@ -30,6 +32,21 @@ pub enum AgentError {
     /// Key or socket set-up failed.
     #[error("local VM agent: {0}")]
     Setup(String),
+}
+
+/// Process groups of the commands running now.
+static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// Every process group this agent started: all end with the VM.
+static STARTED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Ends the group of a command still running (one that exited is left alone: what it started
+/// in the background lives on, as under sshd).
+fn end_group(pid: u32) {
+    let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    if groups.contains(&(pid as i32)) {
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        groups.retain(|g| *g != pid as i32);
+    }
 }
 
 struct Vm {
@@ -81,6 +98,9 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if !marker.exists() {
+                for g in STARTED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+                }
                 let _ = killpg(getpgrp(), Signal::SIGKILL);
                 std::process::exit(0);
             }
@@ -139,13 +159,18 @@ impl Conn {
             .envs(state.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(_) => return session.channel_failure(channel),
         };
         session.channel_success(channel)?;
         state.pid = child.id();
+        if let Some(pid) = state.pid {
+            GROUPS.lock().unwrap_or_else(|p| p.into_inner()).push(pid as i32);
+            STARTED.lock().unwrap_or_else(|p| p.into_inner()).push(pid as i32);
+        }
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
         state.stdin = Some(tx);
         let handle = session.handle();
@@ -179,8 +204,12 @@ impl Conn {
                 }
             }
         });
+        let pid = state.pid;
         tokio::spawn(async move {
             let status = child.wait().await;
+            if let Some(pid) = pid {
+                GROUPS.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| *g != pid as i32);
+            }
             let _ = out.await;
             let _ = err.await;
             let code = match status {
@@ -285,8 +314,20 @@ impl server::Handler for Conn {
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         if let Some(state) = self.channels.remove(&channel) {
             if let Some(pid) = state.pid {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                end_group(pid);
             }
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(pid) = self.channels.get(&channel).and_then(|c| c.pid) {
+            end_group(pid);
         }
         Ok(())
     }
@@ -297,7 +338,7 @@ impl Drop for Conn {
         // A dropped connection ends the commands it started, as sshd does.
         for state in self.channels.values() {
             if let Some(pid) = state.pid {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                end_group(pid);
             }
         }
     }
