@@ -930,7 +930,7 @@ impl Fleet {
             match action {
                 vmfleet_scaler::ScaleAction::LaunchForTasks { pool, count, reason } => {
                     let mut done = 0;
-                    for t in queued.iter().filter(|t| t.pool == pool).take(count as usize) {
+                    for t in fair_queue(&queued, &pool).into_iter().take(count as usize) {
                         let Some(ex) = Executor::parse(&t.executor) else { continue };
                         let vm = match self.new_vm(ex, &t.image, &t.resource_class, Some(&t.id), now_ms()) {
                             Ok(vm) => vm,
@@ -1758,6 +1758,25 @@ pub(crate) fn scaler_policy(p: &crate::config::PoolConfig, step_target: Option<u
     }
 }
 
+/// A pool's queued tasks in the order they get VMs: round robin between projects, each
+/// project's oldest first, so one project's 50-way matrix does not hold back everyone else.
+/// `queued` comes oldest first.
+fn fair_queue<'a>(queued: &'a [TaskRow], pool: &str) -> Vec<&'a TaskRow> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut ranked: Vec<(usize, &TaskRow)> = queued
+        .iter()
+        .filter(|t| t.pool == pool)
+        .map(|t| {
+            let n = seen.entry(t.project.as_str()).or_default();
+            *n += 1;
+            (*n, t)
+        })
+        .collect();
+    // Stable: within a round, the older task first.
+    ranked.sort_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Sends datagrams to `address` (`host:port`) from an ephemeral local port.
 async fn send_udp(address: &str, datagrams: &[String]) -> std::io::Result<()> {
     let target = tokio::net::lookup_host(address)
@@ -1821,5 +1840,41 @@ pub mod tokio_util_shutdown {
             let mut rx = self.rx.clone();
             let _ = rx.wait_for(|v| *v).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(project: &str, at: i64) -> TaskRow {
+        TaskRow {
+            id: format!("t-{project}-{at}"),
+            pool: "p".into(),
+            executor: "machine".into(),
+            image: "default".into(),
+            resource_class: "medium".into(),
+            project: project.into(),
+            dlc: false,
+            state: "waiting".into(),
+            vm_id: None,
+            volume_id: None,
+            failure_reason: None,
+            created_at: at,
+            assigned_at: None,
+            released_at: None,
+            docker_client_cert: None,
+            docker_client_key: None,
+        }
+    }
+
+    #[test]
+    fn queued_tasks_take_turns_between_projects() {
+        let mut q: Vec<TaskRow> = (0..50).map(|i| queued("big", i)).collect();
+        q.push(queued("small", 100));
+        q.push(queued("small", 101));
+        let order: Vec<&str> = fair_queue(&q, "p").iter().take(5).map(|t| t.project.as_str()).collect();
+        assert_eq!(order, ["big", "small", "big", "small", "big"]);
+        assert!(fair_queue(&q, "other").is_empty());
     }
 }

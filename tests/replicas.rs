@@ -41,7 +41,7 @@ fn replica(dir: &Path, db: &str, name: &str) -> Replica {
         format!(
             "data_dir: {dir}\nlisten: 127.0.0.1:{port}\ndatabase: {{url: \"{db}\", max_connections: 12}}\n\
              reconcile_interval: 200ms\ntimeouts: {{ssh_connect: 60s, vm_start: 180s}}\nlimits: {{max_instances: 24}}\n\
-             jobs: {{lease: 3s, max_running: 40}}\nprovider: {{local: {{agent_program: {BIN}}}}}\n\
+             jobs: {{lease: 3s, max_running: 20}}\nprovider: {{local: {{agent_program: {BIN}}}}}\n\
              auth: {{tokens: [{{name: test, sha256: {}, scopes: [admin]}}]}}\n",
             vmfleet::auth::hash_token(TOKEN),
             dir = dir.display(),

@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::{pg_store, sqlite_store, vm_row};
-use vmfleet::store::{now_ms, short_id, Store, StoreError, TaskRow, VmState, VolumeRow};
+use vmfleet::store::{
+    now_ms, short_id, AuditEvent, JobRow, JobTaskRow, Store, StoreError, TaskRow, VmState, VolumeRow,
+};
 
 const POOL: &str = "machine/default/medium";
 
@@ -41,6 +43,9 @@ both!(
     lost_vm_requeues_a_waiting_task_and_fails_a_running_one,
     forgotten_volume_only_when_unused,
     a_warm_vm_that_comes_up_serves_the_oldest_task_waiting_for_a_boot,
+    job_claims_are_fair_between_projects,
+    concurrent_claims_never_take_the_same_job_task,
+    an_expired_claim_is_requeued_and_its_owner_can_no_longer_write,
 );
 
 fn task(project: &str, dlc: bool) -> TaskRow {
@@ -321,4 +326,124 @@ async fn a_warm_vm_that_comes_up_serves_the_oldest_task_waiting_for_a_boot(s: St
     let other = vm_row("machine/default/large", "booting", None);
     s.insert_vm(&other).await.expect("other");
     assert_eq!(s.give_to_waiting_task(&other.id, "machine/default/large").await.expect("give"), None);
+}
+
+/// Records a job of `n` queued tasks for `project`.
+async fn job(s: &Store, project: &str, n: i64, at: i64) -> String {
+    let id = format!("job-{}", short_id());
+    let row = JobRow {
+        id: id.clone(),
+        number: 0,
+        name: "j".into(),
+        project: project.into(),
+        config_file: "c.yml".into(),
+        spec: "{}".into(),
+        pool: POOL.into(),
+        repo: None,
+        revision: None,
+        branch: None,
+        deploy_key: None,
+        parallelism: n,
+        state: "queued".into(),
+        cancel_requested: false,
+        failure_reason: None,
+        queued_at: at,
+        started_at: None,
+        finished_at: None,
+    };
+    let tasks: Vec<JobTaskRow> = (0..n)
+        .map(|i| JobTaskRow {
+            id: format!("jt-{}", short_id()),
+            job_id: id.clone(),
+            node_index: i,
+            project: project.into(),
+            state: "queued".into(),
+            owner: None,
+            lease_until: None,
+            attempt: 0,
+            fleet_task_id: None,
+            remote_task_id: None,
+            exit_code: None,
+            failure_reason: None,
+            queued_at: at,
+            started_at: None,
+            finished_at: None,
+        })
+        .collect();
+    let audit = AuditEvent {
+        id: short_id(),
+        version: 1,
+        action: "workflow.job.scheduled".into(),
+        actor: "test".into(),
+        target: id.clone(),
+        payload: String::new(),
+        occurred_at: at,
+        scope: "t".into(),
+        success: true,
+        request: None,
+    };
+    s.insert_job(&row, &tasks, &audit).await.expect("job");
+    id
+}
+
+async fn job_claims_are_fair_between_projects(s: Store) {
+    let now = now_ms();
+    // A 50-way matrix of one project, then two tasks of another.
+    job(&s, "gh/big/matrix", 50, now - 1000).await;
+    job(&s, "gh/small/app", 2, now).await;
+    let mut projects = Vec::new();
+    for _ in 0..4 {
+        let t = s.claim_job_task("me", now + 60_000, now).await.expect("claim").expect("a task");
+        projects.push(t.project);
+    }
+    // The small project's tasks do not wait behind the 48 other tasks of the matrix.
+    assert_eq!(projects, ["gh/big/matrix", "gh/small/app", "gh/big/matrix", "gh/small/app"]);
+}
+
+async fn concurrent_claims_never_take_the_same_job_task(s: Store) {
+    let now = now_ms();
+    job(&s, "gh/acme/app", 40, now).await;
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(t) = s.claim_job_task(&format!("w{w}"), now + 60_000, now).await.expect("claim") {
+                got.push(t.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("join"));
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (40, 40));
+}
+
+async fn an_expired_claim_is_requeued_and_its_owner_can_no_longer_write(s: Store) {
+    let now = now_ms();
+    let job_id = job(&s, "gh/acme/app", 1, now).await;
+    let t = s.claim_job_task("dead", now + 1000, now).await.expect("claim").expect("task");
+    // Its VM request, held by the owner that then dies.
+    let ft = task("gh/acme/app", false);
+    s.request_task(&ft, &vm_row(POOL, "requested", Some(&ft.id)), None).await.expect("fleet task");
+    s.set_job_fleet_task(&t.id, "dead", &ft.id, false).await.expect("recorded");
+    assert!(s.renew_lease(&t.id, "dead", now + 2000).await.expect("renew"));
+    assert!(s.expired_job_tasks(now + 1500).await.expect("expired").is_empty(), "renewed in time");
+    let expired = s.expired_job_tasks(now + 2500).await.expect("expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(s.requeue_expired(&expired[0], 3, now + 2500).await.expect("requeue"), Some("queued"));
+    // A second replica racing for the same requeue loses quietly.
+    assert_eq!(s.requeue_expired(&expired[0], 3, now + 2500).await.expect("requeue"), None);
+    // The fleet task is released: its VM is retired.
+    assert_eq!(s.task(&ft.id).await.expect("task").state, "released");
+    assert!(!s.renew_lease(&t.id, "dead", now + 9000).await.expect("renew"), "the claim is gone");
+    assert!(!s.finish_job_task(&t.id, "dead", "success", Some(0), None, now).await.expect("finish"));
+    let again = s.claim_job_task("alive", now + 60_000, now + 3000).await.expect("claim").expect("requeued task");
+    assert_eq!((again.id.as_str(), again.attempt, again.fleet_task_id.as_deref()), (t.id.as_str(), 2, None));
+    assert!(s.finish_job_task(&t.id, "alive", "success", Some(0), None, now + 4000).await.expect("finish"));
+    assert_eq!(s.finish_job_if_done(&job_id, now + 4000).await.expect("finish job").as_deref(), Some("success"));
+    assert_eq!(s.finish_job_if_done(&job_id, now + 4000).await.expect("once").as_deref(), None);
 }

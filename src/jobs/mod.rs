@@ -384,12 +384,10 @@ impl Jobs {
             }
         }
         if !mine.is_empty() {
-            for (id, abort) in &mine {
-                if let Ok(t) = store.job_task(id).await {
-                    if store.job(&t.job_id).await.is_ok_and(|j| j.cancel_requested) {
-                        let _ = abort.send(Some(Abort::Canceled));
-                    }
-                }
+            let canceled = store.canceled_job_tasks(&self.owner).await?;
+            for (id, abort) in mine.iter().filter(|(id, _)| canceled.contains(id)) {
+                info!(task = %id, "job canceled; stopping the task");
+                let _ = abort.send(Some(Abort::Canceled));
             }
         }
         while self.running.lock().unwrap_or_else(|p| p.into_inner()).len() < settings.max_running {

@@ -348,6 +348,16 @@ impl Store {
         self.job(&job.id).await
     }
 
+    /// `owner`'s running tasks whose job was asked to cancel.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn canceled_job_tasks(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT t.id FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
+                   WHERE t.owner = $1 AND t.state = 'running' AND j.cancel_requested";
+        Ok(with_pool!(&self.db, |p| sqlx::query_scalar(sql).bind(owner).fetch_all(p).await)?)
+    }
+
     /// Records that a step started.
     ///
     /// # Errors
