@@ -31,11 +31,7 @@ impl Client {
         let status = resp.status();
         let body = resp.text().await?;
         if !status.is_success() {
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or(body);
-            bail!("{} {}: {}", status.as_u16(), status.canonical_reason().unwrap_or(""), msg);
+            bail!(api_error(status, body));
         }
         serde_json::from_str(&body).map_err(|e| anyhow!("unexpected answer from the server: {e}"))
     }
@@ -69,12 +65,7 @@ impl Client {
         let resp = req.send().await.with_context(|| format!("cannot reach vmfleet at {}", self.base))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or(body);
-            bail!("{} {}: {}", status.as_u16(), status.canonical_reason().unwrap_or(""), msg);
+            bail!(api_error(status, resp.text().await.unwrap_or_default()));
         }
         Ok(resp)
     }
@@ -92,4 +83,13 @@ impl Client {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
     }
+}
+
+/// `STATUS REASON: message`, with the message of an API error body when it is one.
+fn api_error(status: reqwest::StatusCode, body: String) -> String {
+    let msg = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or(body);
+    format!("{} {}: {}", status.as_u16(), status.canonical_reason().unwrap_or(""), msg)
 }

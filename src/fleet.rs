@@ -380,13 +380,22 @@ impl Fleet {
     /// [`FleetError::BadRequest`] naming an unknown executor, image, resource class or a bad
     /// project name.
     pub async fn request_task(&self, req: &TaskRequest) -> Result<TaskRow, FleetError> {
+        self.request_task_as(req, format!("task-{}", short_id())).await
+    }
+
+    /// [`Fleet::request_task`] under an id the caller chose (and recorded first, so a crash
+    /// between the two leaves nothing unknown).
+    ///
+    /// # Errors
+    /// As [`Fleet::request_task`].
+    pub async fn request_task_as(&self, req: &TaskRequest, id: String) -> Result<TaskRow, FleetError> {
         let executor = Executor::parse(&req.executor).ok_or_else(|| {
             FleetError::BadRequest(format!("unknown executor {:?}; use machine or remote-docker", req.executor))
         })?;
         validate_project(&req.project)?;
         let now = now_ms();
         let task = TaskRow {
-            id: format!("task-{}", short_id()),
+            id,
             pool: pool_key(executor.as_str(), &req.image, &req.resource_class),
             executor: executor.as_str().into(),
             image: req.image.clone(),

@@ -351,25 +351,7 @@ async fn job(s: &Store, project: &str, n: i64, at: i64) -> String {
         started_at: None,
         finished_at: None,
     };
-    let tasks: Vec<JobTaskRow> = (0..n)
-        .map(|i| JobTaskRow {
-            id: format!("jt-{}", short_id()),
-            job_id: id.clone(),
-            node_index: i,
-            project: project.into(),
-            state: "queued".into(),
-            owner: None,
-            lease_until: None,
-            attempt: 0,
-            fleet_task_id: None,
-            remote_task_id: None,
-            exit_code: None,
-            failure_reason: None,
-            queued_at: at,
-            started_at: None,
-            finished_at: None,
-        })
-        .collect();
+    let tasks: Vec<JobTaskRow> = (0..n).map(|i| JobTaskRow::queued(&id, i, project, at)).collect();
     let audit = AuditEvent {
         id: short_id(),
         version: 1,

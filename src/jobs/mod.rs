@@ -287,25 +287,8 @@ impl Jobs {
             started_at: None,
             finished_at: None,
         };
-        let tasks: Vec<JobTaskRow> = (0..plan.spec.parallelism)
-            .map(|i| JobTaskRow {
-                id: format!("jt-{}", short_id()),
-                job_id: id.clone(),
-                node_index: i64::from(i),
-                project: sub.project.clone(),
-                state: "queued".into(),
-                owner: None,
-                lease_until: None,
-                attempt: 0,
-                fleet_task_id: None,
-                remote_task_id: None,
-                exit_code: None,
-                failure_reason: None,
-                queued_at: now,
-                started_at: None,
-                finished_at: None,
-            })
-            .collect();
+        let tasks: Vec<JobTaskRow> =
+            (0..plan.spec.parallelism).map(|i| JobTaskRow::queued(&id, i64::from(i), &sub.project, now)).collect();
         let payload =
             serde_json::json!({"job": plan.spec.name, "project": sub.project, "parallelism": plan.spec.parallelism,
                                          "pool": plan.vm.pool()})
@@ -496,11 +479,13 @@ impl Run<'_> {
             project: self.job.project.clone(),
             docker_layer_caching: ask.docker_layer_caching,
         };
-        let ft = fleet.request_task(&req).await.map_err(|e| Outcome::infra(format!("asking for a VM: {e}")))?;
-        self.held.push(ft.id.clone());
-        if fleet.store.set_job_fleet_task(&self.task.id, &self.jobs.owner, &ft.id, remote).await.is_err() {
+        // Intent first: a requeue after this process dies releases the task by this id.
+        let id = format!("task-{}", short_id());
+        if fleet.store.set_job_fleet_task(&self.task.id, &self.jobs.owner, &id, remote).await.is_err() {
             return Err(Self::abort_outcome(Abort::ClaimLost));
         }
+        let ft = fleet.request_task_as(&req, id).await.map_err(|e| Outcome::infra(format!("asking for a VM: {e}")))?;
+        self.held.push(ft.id.clone());
         self.out.sys(0, &format!("waiting for a {} VM ({}), task {}", ask.executor, ask.pool(), ft.id));
         loop {
             if let Some(a) = self.aborted() {

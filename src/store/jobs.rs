@@ -90,18 +90,6 @@ impl Store {
         Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(job_id).fetch_all(p).await)?)
     }
 
-    /// One job task.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`].
-    pub async fn job_task(&self, id: &str) -> Result<JobTaskRow, StoreError> {
-        with_pool!(&self.db, |p| sqlx::query_as("SELECT * FROM job_tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(p)
-            .await)?
-        .ok_or_else(|| StoreError::NotFound(format!("job task {id}")))
-    }
-
     /// Claims the next queued job task for `owner` until `lease_until`: of the project with the
     /// fewest running tasks, then the oldest.
     ///

@@ -293,6 +293,29 @@ pub struct JobTaskRow {
     pub finished_at: Option<i64>,
 }
 
+impl JobTaskRow {
+    /// Node `node_index` of job `job_id`, queued at `now`, never started.
+    pub fn queued(job_id: &str, node_index: i64, project: &str, now: i64) -> Self {
+        Self {
+            id: format!("jt-{}", super::short_id()),
+            job_id: job_id.to_string(),
+            node_index,
+            project: project.to_string(),
+            state: "queued".into(),
+            owner: None,
+            lease_until: None,
+            attempt: 0,
+            fleet_task_id: None,
+            remote_task_id: None,
+            exit_code: None,
+            failure_reason: None,
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// One step of one attempt of a job task.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobStepRow {
