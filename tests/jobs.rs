@@ -381,4 +381,16 @@ fn vmfleet_run_runs_a_shared_configs_machine_job_with_no_server() {
     assert!(stderr.contains("on an in-process fleet (local provider, sqlite)"), "{stderr}");
     let left = std::fs::read_dir(data.path().join("local/instances")).expect("instances").count();
     assert_eq!(left, 0, "the VM is destroyed before vmfleet run exits");
+
+    // A job that needs an orb is refused with the file and line, exit status 2, nothing queued.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/circleci-configs/the-volte__dlc.yml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmfleet"))
+        .args(["run", config, "--job", "build-image"])
+        .env("VMFLEET_DATA_DIR", data.path())
+        .env("VMFLEET__LISTEN", "127.0.0.1:1")
+        .output()
+        .expect("vmfleet run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the-volte__dlc.yml:19: step aws-ecr/build-image comes from the orb aws-ecr"), "{stderr}");
 }

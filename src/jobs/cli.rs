@@ -49,6 +49,9 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
+/// Exit status when the config or the job is refused (nothing was queued).
+pub const REFUSED: u8 = 2;
+
 /// Exit status for a job's end: its failing step's code when it failed, 0 on success, 3 for an
 /// infrastructure failure, 4 when canceled.
 pub fn exit_code(v: &JobView) -> u8 {
@@ -158,7 +161,14 @@ impl Printer {
 /// Transport or API errors (a refused config prints its file and line).
 pub async fn run_remote(api: &Client, sub: &JobSubmission) -> anyhow::Result<u8> {
     let body = serde_json::to_value(sub)?;
-    let job: JobView = api.post("/api/v1/jobs", &body).await?;
+    let job: JobView = match api.post("/api/v1/jobs", &body).await {
+        Ok(j) => j,
+        Err(e) if e.to_string().starts_with("400 ") => {
+            eprintln!("error: {e}");
+            return Ok(REFUSED);
+        }
+        Err(e) => return Err(e),
+    };
     eprintln!(
         "==> job {} #{} ({}) queued: {} task(s) in pool {}",
         job.id, job.number, job.name, job.parallelism, job.pool
@@ -226,7 +236,14 @@ fn report(v: &JobView) {
 pub async fn run_local(config: Config, sub: &JobSubmission) -> anyhow::Result<u8> {
     let running = crate::server::start(config, None).await?;
     let result = async {
-        let job = running.jobs.submit(sub, "cli").await?;
+        let job = match running.jobs.submit(sub, "cli").await {
+            Ok(j) => j,
+            Err(crate::fleet::FleetError::BadRequest(m)) => {
+                eprintln!("error: {m}");
+                return Ok(REFUSED);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let store = &running.fleet.store;
         eprintln!(
             "==> job {} #{} ({}) queued on an in-process fleet ({} provider, {}): {} task(s)",

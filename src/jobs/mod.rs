@@ -244,9 +244,10 @@ impl Jobs {
                 Some(rc) if rc.gpus > 0 => "gpu-default",
                 _ => "default",
             };
-            self.fleet
-                .resolve_image(machine, fallback, class)
-                .map_err(|e| bad(format!("{at}: image {image} (as {fallback}) for class {class}: {e}")))?;
+            self.fleet.resolve_image(machine, fallback, class).map_err(|e| {
+                let via = if fallback == image { String::new() } else { format!(" (run as {fallback})") };
+                bad(format!("{at}: image {image}{via} on resource class {class}: {e}"))
+            })?;
             notes.push(format!("image {image} is not in this installation's catalog; using {fallback}"));
             fallback.to_string()
         };
