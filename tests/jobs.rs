@@ -261,6 +261,15 @@ async fn checkout_clones_a_local_repository_at_its_revision() {
     let (v, out) = f.run(&sub).await;
     assert_eq!(v.state, "success", "{out:?}");
     assert!(out[&0].contains(&format!("version one at {first}")), "{out:?}");
+    // A git URL is cloned on the VM, with the deploy key in place (mode 0600, never printed).
+    let with_key = format!("{config}      - run: stat -c 'key mode %a' ~/.ssh/vmfleet-deploy-key\n");
+    let mut sub = submission(&with_key, "build", "gh/acme/app");
+    sub.repo = Some(format!("file://{}", repo.path().display()));
+    sub.deploy_key = Some("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-material\n".into());
+    let (v, out) = f.run(&sub).await;
+    assert_eq!(v.state, "success", "{out:?}");
+    assert!(out[&0].contains("version two at") && out[&0].contains("key mode 600"), "{out:?}");
+    assert!(!out[&0].contains("secret-material"), "{out:?}");
     // Without a repository, checkout fails with the reason.
     let (v, out) = f.run(&submission(config, "build", "gh/acme/app")).await;
     assert_eq!(v.state, "failed");
