@@ -465,7 +465,9 @@ impl Run<'_> {
 
     fn abort_outcome(a: Abort) -> Outcome {
         match a {
-            Abort::Canceled => Outcome { state: "canceled", exit_code: None, reason: Some("canceled".into()) },
+            Abort::Canceled => {
+                Outcome { state: "canceled", exit_code: None, reason: Some("the job was canceled".into()) }
+            }
             Abort::ClaimLost => Outcome::infra("this process lost its claim on the task"),
         }
     }

@@ -325,7 +325,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE job_tasks SET state = 'canceled', finished_at = $2, failure_reason = 'canceled' \
+                "UPDATE job_tasks SET state = 'canceled', finished_at = $2, failure_reason = 'the job was canceled' \
                  WHERE job_id = $1 AND state = 'queued'",
             )
             .bind(&job.id)
