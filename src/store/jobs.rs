@@ -190,14 +190,7 @@ impl Store {
             .rows_affected();
             if n == 1 {
                 for fleet_task in [&t.fleet_task_id, &t.remote_task_id].into_iter().flatten() {
-                    sqlx::query(
-                        "UPDATE tasks SET state = 'released', released_at = $2 WHERE id = $1 AND state IN ('waiting','assigned')",
-                    )
-                    .bind(fleet_task)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    retire_task_resources!(tx, fleet_task, now);
+                    release_task_in_tx!(tx, fleet_task, now);
                 }
                 Some(state)
             } else {

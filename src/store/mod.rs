@@ -212,6 +212,20 @@ macro_rules! retire_task_resources {
     }};
 }
 
+/// Releases a task inside a transaction: `released`, its VM retired and its volume detached.
+macro_rules! release_task_in_tx {
+    ($tx:ident, $task_id:expr, $now:expr) => {{
+        sqlx::query(
+            "UPDATE tasks SET state = 'released', released_at = $2 WHERE id = $1 AND state IN ('waiting','assigned')",
+        )
+        .bind($task_id)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+        retire_task_resources!($tx, $task_id, $now);
+    }};
+}
+
 /// Whether `bounds` leave room for one more VM in `pool`, inside a transaction. On PostgreSQL
 /// a transaction-scoped advisory lock serializes bounded inserts, so two replicas cannot both
 /// take the last place; SQLite transactions are serialized already.
@@ -524,14 +538,7 @@ impl Store {
     /// [`StoreError::NotFound`].
     pub async fn release_task(&self, id: &str, now: i64) -> Result<TaskRow, StoreError> {
         in_tx!(&self.db, |tx| {
-            sqlx::query(
-                "UPDATE tasks SET state = 'released', released_at = $2 WHERE id = $1 AND state IN ('waiting','assigned')",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            retire_task_resources!(tx, id, now);
+            release_task_in_tx!(tx, id, now);
         });
         self.task(id).await
     }
