@@ -296,7 +296,7 @@ async fn bad_configs_are_refused_with_file_and_line_and_nothing_is_queued() {
         (
             "version: 2.1\njobs:\n  a:\n    machine: true\n    resource_class: windows.medium\n    steps: [checkout]\n",
             "a",
-            "for class windows.medium",
+            "on resource class windows.medium",
         ),
     ];
     for (config, job, want) in cases {
