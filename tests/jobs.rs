@@ -62,7 +62,7 @@ impl Fleet {
                 text.entry(node).or_default().push_str(&c.data);
             }
             let j = store.job(id).await.expect("job");
-            if !matches!(j.state.as_str(), "queued" | "running") {
+            if j.ended() {
                 for (node, c) in poll_output(store, id, &mut cursors).await.expect("output") {
                     text.entry(node).or_default().push_str(&c.data);
                 }

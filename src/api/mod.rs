@@ -457,7 +457,7 @@ async fn job_output(
                     };
                     return Some((vec![Event::default().event("end").data(end.to_string())], None));
                 }
-                let ended = store.job(&job_id).await.map(|j| !matches!(j.state.as_str(), "queued" | "running"));
+                let ended = store.job(&job_id).await.map(|j| j.ended());
                 match ended {
                     // One more read after the end, for what was stored meanwhile.
                     Ok(true) => f.ended = true,

@@ -509,7 +509,7 @@ impl JobView {
 
     /// Whether the job has ended.
     pub fn ended(&self) -> bool {
-        !matches!(self.state.as_str(), "queued" | "running")
+        crate::store::job_ended(&self.state)
     }
 }
 

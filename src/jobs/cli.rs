@@ -266,7 +266,7 @@ pub async fn run_local(config: Config, sub: &JobSubmission) -> anyhow::Result<u8
             if ended {
                 break;
             }
-            ended = !matches!(store.job(&job.id).await?.state.as_str(), "queued" | "running");
+            ended = store.job(&job.id).await?.ended();
             if !ended {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(150)) => {}

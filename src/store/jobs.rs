@@ -309,7 +309,7 @@ impl Store {
     /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when it has already ended.
     pub async fn cancel_job(&self, id: &str, now: i64) -> Result<JobRow, StoreError> {
         let job = self.job(id).await?;
-        if !matches!(job.state.as_str(), "queued" | "running") {
+        if job.ended() {
             return Err(StoreError::Conflict(format!("job {} has already ended ({})", job.id, job.state)));
         }
         in_tx!(&self.db, |tx| {

@@ -262,6 +262,18 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
 }
 
+impl JobRow {
+    /// Whether the job has ended (`success`, `failed`, `canceled`, `infrastructure_fail`).
+    pub fn ended(&self) -> bool {
+        job_ended(&self.state)
+    }
+}
+
+/// Whether a job in `state` has ended.
+pub fn job_ended(state: &str) -> bool {
+    !matches!(state, "queued" | "running")
+}
+
 impl std::fmt::Debug for JobRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobRow")
