@@ -936,27 +936,8 @@ async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::process::ExitCod
         }
         JobsCmd::Logs { id, follow } => {
             let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
-            if *follow {
-                return Ok(std::process::ExitCode::from(
-                    vmfleet::jobs::cli::follow_remote(api, &j.id, j.parallelism).await?,
-                ));
-            }
-            let mut resp = api.stream(&format!("/api/v1/jobs/{}/output?follow=false", j.id)).await?;
-            let mut printer = vmfleet::jobs::cli::Printer::new(j.parallelism);
-            let mut body = String::new();
-            while let Some(chunk) = resp.chunk().await? {
-                body.push_str(&String::from_utf8_lossy(&chunk));
-            }
-            let mut event = "";
-            for line in body.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    if event == "output" {
-                        printer.print(&serde_json::from_str(d.strip_prefix(' ').unwrap_or(d))?);
-                    }
-                }
-            }
+            let code = vmfleet::jobs::cli::follow_remote(api, &j.id, j.parallelism, *follow).await?;
+            return Ok(std::process::ExitCode::from(if *follow { code } else { 0 }));
         }
         JobsCmd::Cancel { id } => {
             let j: JobView = api.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?;

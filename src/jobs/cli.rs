@@ -173,50 +173,75 @@ pub async fn run_remote(api: &Client, sub: &JobSubmission) -> anyhow::Result<u8>
         "==> job {} #{} ({}) queued: {} task(s) in pool {}",
         job.id, job.number, job.name, job.parallelism, job.pool
     );
-    follow_remote(api, &job.id, job.parallelism).await
+    follow_remote(api, &job.id, job.parallelism, true).await
 }
 
-/// Follows a job's output stream from a server until the job ends; returns its exit status.
+/// Server-sent events, split out of the chunks of a response as they arrive.
+#[derive(Default)]
+struct SseParser {
+    buf: String,
+    event: String,
+}
+
+impl SseParser {
+    /// The (event, data) pairs completed by `chunk`.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<(String, String)> {
+        self.buf.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.find('\n') {
+            let line = self.buf[..nl].trim_end_matches('\r').to_string();
+            self.buf.drain(..=nl);
+            if let Some(e) = line.strip_prefix("event:") {
+                self.event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                out.push((self.event.clone(), d.strip_prefix(' ').unwrap_or(d).to_string()));
+            }
+        }
+        out
+    }
+}
+
+/// Follows a job's output stream from a server until the job ends (or, without `follow`, prints
+/// what there is now); returns its exit status once it ended.
 ///
 /// # Errors
 /// Transport or API errors.
-pub async fn follow_remote(api: &Client, job_id: &str, parallelism: i64) -> anyhow::Result<u8> {
+pub async fn follow_remote(api: &Client, job_id: &str, parallelism: i64, follow: bool) -> anyhow::Result<u8> {
     let mut printer = Printer::new(parallelism);
-    let mut resp = api.stream(&format!("/api/v1/jobs/{job_id}/output")).await?;
-    let mut buf = String::new();
-    let mut event = String::new();
+    let query = if follow { "" } else { "?follow=false" };
+    let mut resp = api.stream(&format!("/api/v1/jobs/{job_id}/output{query}")).await?;
+    let mut sse = SseParser::default();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut canceled = !follow;
     loop {
         let chunk = tokio::select! {
             c = resp.chunk() => c?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c, if !canceled => {
+                canceled = true;
                 eprintln!("==> canceling job {job_id}");
                 let _: JobView = api.post(&format!("/api/v1/jobs/{job_id}/cancel"), &serde_json::json!({})).await?;
                 continue;
             }
         };
         let Some(chunk) = chunk else { break };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(nl) = buf.find('\n') {
-            let line = buf[..nl].trim_end_matches('\r').to_string();
-            buf.drain(..=nl);
-            if let Some(e) = line.strip_prefix("event:") {
-                event = e.trim().to_string();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                let d = d.strip_prefix(' ').unwrap_or(d);
-                match event.as_str() {
-                    "output" => printer.print(&serde_json::from_str(d)?),
-                    "end" => {
-                        let v: JobView = api.get(&format!("/api/v1/jobs/{job_id}")).await?;
-                        report(&v);
-                        return Ok(exit_code(&v));
-                    }
-                    "error" => bail!("output stream: {d}"),
-                    _ => {}
+        for (event, data) in sse.feed(&chunk) {
+            match event.as_str() {
+                "output" => printer.print(&serde_json::from_str(&data)?),
+                "end" => {
+                    let v: JobView = api.get(&format!("/api/v1/jobs/{job_id}")).await?;
+                    report(&v);
+                    return Ok(exit_code(&v));
                 }
+                "error" => bail!("output stream: {data}"),
+                _ => {}
             }
         }
     }
-    Err(anyhow!("the server closed the output stream before the job ended"))
+    if follow {
+        Err(anyhow!("the server closed the output stream before the job ended"))
+    } else {
+        Ok(0)
+    }
 }
 
 fn report(v: &JobView) {
