@@ -615,25 +615,21 @@ impl Run<'_> {
                 Step::SetupRemoteDocker { .. } => self.remote_docker(session, idx, &mut env).await,
                 Step::Checkout { path } => self.checkout(session, idx, path.as_deref(), &env, deadline).await,
                 Step::Run(r) if r.background => {
-                    let cmd =
-                        self.command(r.shell.as_deref(), r.working_directory.as_deref(), &env, &r.environment, idx);
+                    let (cmd, input) = self.command(r, &env, idx);
                     let (session, out, mut stop) = (session.clone(), self.out.clone(), bg_stop.subscribe());
-                    let script = r.command.clone().into_bytes();
                     background.push(tokio::spawn(async move {
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
                         let sink = |s: Stream, d: &[u8]| out.data(idx, s, d);
-                        let _ = session.exec_until(&cmd, Some(&script), None, stopped, sink).await;
+                        let _ = session.exec_until(&cmd, input.as_deref(), None, stopped, sink).await;
                     }));
                     Ok(StepResult::Background)
                 }
                 Step::Run(r) => {
-                    let cmd =
-                        self.command(r.shell.as_deref(), r.working_directory.as_deref(), &env, &r.environment, idx);
+                    let (cmd, input) = self.command(r, &env, idx);
                     let idle = r.no_output_timeout.unwrap_or(fleet.config.jobs.no_output_timeout);
-                    let input = (!spec.windows).then_some(r.command.as_bytes());
-                    self.exec(session, idx, &cmd, input, Some(idle), deadline).await
+                    self.exec(session, idx, &cmd, input.as_deref(), Some(idle), deadline).await
                 }
             };
             let (state, code) = match ended {
@@ -674,32 +670,22 @@ impl Run<'_> {
         }
     }
 
-    fn command(
-        &self,
-        shell: Option<&str>,
-        dir: Option<&str>,
-        env: &[(String, String)],
-        step_env: &[(String, String)],
-        idx: i64,
-    ) -> String {
+    /// The command for a `run` step, and what goes to its standard input (the script, on
+    /// Linux; on Windows the script rides inside the command).
+    fn command(&self, r: &circleci::RunStep, env: &[(String, String)], idx: i64) -> (String, Option<Vec<u8>>) {
         let spec = &self.plan.spec;
         let mut all = env.to_vec();
-        for (k, v) in step_env {
+        for (k, v) in &r.environment {
             all.retain(|(e, _)| e != k);
             all.push((k.clone(), v.clone()));
         }
-        let dir = script::step_dir(&spec.working_directory, dir);
-        let shell = shell.or(spec.shell.as_deref());
+        let dir = script::step_dir(&spec.working_directory, r.working_directory.as_deref());
+        let shell = r.shell.as_deref().or(spec.shell.as_deref());
         let name = format!("{}-{}-{idx}", self.task.id, self.task.attempt);
         if spec.windows {
-            // The script rides inside the command on Windows.
-            let script = match &spec.steps.get(idx as usize - 1) {
-                Some(Step::Run(r)) => r.command.clone(),
-                _ => String::new(),
-            };
-            script::windows_step(shell, &dir, &all, &script, &name)
+            (script::windows_step(shell, &dir, &all, &r.command, &name), None)
         } else {
-            script::linux_step(shell, &dir, &all, &format!("steps/{name}"))
+            (script::linux_step(shell, &dir, &all, &format!("steps/{name}")), Some(r.command.clone().into_bytes()))
         }
     }
 
