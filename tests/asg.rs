@@ -228,8 +228,9 @@ async fn an_alarm_in_alarm_moves_the_warm_target_of_an_alarm_driven_pool() {
         .send()
         .await
         .expect("alarm");
-    // OK: nothing moves.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // OK: nothing moves, over two alarm reads after the alarm exists.
+    let reads = fleet.runs("alarms");
+    common::eventually(30, || async { (fleet.runs("alarms") >= reads + 2).then_some(()) }).await;
     assert_eq!(fleet.step_target("machine/default/medium"), None);
     // ALARM with a datapoint 14 (breach 12): the second step, +2.
     cw.set_alarm_state()
@@ -243,8 +244,9 @@ async fn an_alarm_in_alarm_moves_the_warm_target_of_an_alarm_driven_pool() {
     let target = common::eventually(30, || async { fleet.step_target("machine/default/medium") }).await;
     assert_eq!(target, 3, "min_idle 1 + 2");
     common::eventually(60, || async { (ready().await == 3).then_some(()) }).await;
-    // Within the cooldown the firing alarm does not move it again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Within the cooldown the firing alarm does not move it again, over two more reads.
+    let reads = fleet.runs("alarms");
+    common::eventually(30, || async { (fleet.runs("alarms") >= reads + 2).then_some(()) }).await;
     assert_eq!(fleet.step_target("machine/default/medium"), Some(3));
     let audit = fleet.store.audit_events(100).await.expect("audit");
     assert!(audit.iter().any(|e| e.action == "pool.scale" && e.payload.contains("from 1 to 3")), "{audit:?}");

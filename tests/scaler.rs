@@ -101,7 +101,9 @@ async fn pool_converges_follows_a_schedule_window_and_reloads_without_restart() 
         err.contains("pools.yaml:5") && err.contains("pools[0].schedules[0]") && err.contains("has 4 fields"),
         "{err}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two reconcile passes under the refused file.
+    let passes = env.fleet().runs("pass");
+    common::eventually(30, || async { (env.fleet().runs("pass") >= passes + 2).then_some(()) }).await;
     assert_eq!(ready(&pool_vms(env.fleet()).await).len(), 3, "the policy in force stays");
 
     // Outside every window (one that never matches), the pool's own min_idle holds again.

@@ -124,6 +124,41 @@ impl Forecast {
     }
 }
 
+/// Forecast targets of a set of pools, computed at most once a minute: a target depends only
+/// on whole minutes, so one computation serves every pass of that minute. The service and the
+/// simulator both keep one.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    minute: Option<i64>,
+    forecasts: Vec<(String, Forecast)>,
+    targets: std::collections::HashMap<String, u32>,
+}
+
+impl Targets {
+    /// Whether the targets must be recomputed for `forecasts` (pool, forecast) at `now_ms`.
+    pub fn stale(&self, forecasts: &[(String, Forecast)], now_ms: i64) -> bool {
+        self.minute != Some(now_ms.div_euclid(60_000)) || self.forecasts != forecasts
+    }
+
+    /// Recomputes the targets from each pool's history (a pool without one targets 0).
+    pub fn refresh<'a>(
+        &mut self,
+        forecasts: Vec<(String, Forecast)>,
+        history: impl Fn(&str) -> Option<&'a History>,
+        now_ms: i64,
+    ) {
+        self.targets =
+            forecasts.iter().map(|(k, f)| (k.clone(), history(k).map_or(0, |h| f.target(h, now_ms)))).collect();
+        self.minute = Some(now_ms.div_euclid(60_000));
+        self.forecasts = forecasts;
+    }
+
+    /// A pool's forecast target, if it has a forecast.
+    pub fn get(&self, pool: &str) -> Option<u32> {
+        self.targets.get(pool).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

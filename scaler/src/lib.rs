@@ -14,11 +14,20 @@
 //! drops below target. Output order is deterministic.
 
 pub mod asg;
+pub mod claim;
 pub mod forecast;
+pub mod observe;
 pub mod schedule;
 pub mod step;
 
+pub use claim::{boot_waiter_order, claim_order, fair_order, room, target_floor, BootWaiter};
+pub use observe::{observe, VmPhase, VmView};
 pub use schedule::{CronWindow, Window};
+
+/// Pool key of a task or VM: `executor/image/resource_class`.
+pub fn pool_key(executor: &str, image: &str, resource_class: &str) -> String {
+    format!("{executor}/{image}/{resource_class}")
+}
 
 /// One idle (ready, unassigned) VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +40,18 @@ pub struct IdleVm {
     pub launched_at_ms: i64,
     /// Built from an image its pool no longer resolves to: to be replaced.
     pub outdated: bool,
+}
+
+/// A task waiting without a VM (held back by a bound, or by a policy without on-demand
+/// launches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedTask {
+    /// The task.
+    pub task_id: String,
+    /// Its project (queued tasks take turns between projects).
+    pub project: String,
+    /// When it was requested, ms since the epoch.
+    pub created_at_ms: i64,
 }
 
 /// What one pool looks like now.
@@ -46,8 +67,8 @@ pub struct PoolObservation {
     pub busy: u32,
     /// VMs being released or terminated: still instances until they are gone.
     pub retiring: u32,
-    /// Tasks waiting without a VM (held back by a bound).
-    pub queued: u32,
+    /// Tasks waiting without a VM, in any order.
+    pub queued: Vec<QueuedTask>,
 }
 
 impl PoolObservation {
@@ -74,21 +95,128 @@ pub struct PoolPolicy {
     pub scale_factor: f64,
     /// Working-hours windows; the last matching one sets `min_idle`.
     pub schedules: Vec<Window>,
-    /// A warm target set by step scaling (an alarm); the target is at least this.
+    /// A floor under the warm target (from step scaling and the forecast; see
+    /// [`target_floor`]); the target is at least this.
     pub step_target: Option<u32>,
+}
+
+impl PoolPolicy {
+    /// The policy of a pool that no policy file or configuration names (tasks may ask for any
+    /// image and class): no warm VMs, and an idle one (a launch its task no longer needed) is
+    /// retired at once. The service and the simulator both use this.
+    pub fn unnamed() -> Self {
+        Self { max_replace_share: 0.25, ..Self::default() }
+    }
+}
+
+/// Why the planner chose an action: for logs, the audit trail and the simulator's counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleReason {
+    /// Tasks wait without a VM; `held_back` of them stay queued at a bound.
+    QueuedTasks {
+        /// Tasks queued.
+        queued: u32,
+        /// Of those, how many the bounds hold back.
+        held_back: u32,
+    },
+    /// An idle VM takes a task that was queued without one.
+    IdleForQueued,
+    /// Fewer warm VMs than the target.
+    BelowTarget {
+        /// Fresh warm VMs (idle and starting).
+        warm: u32,
+        /// The warm target.
+        target: u32,
+        /// Stale VMs being replaced.
+        replacing: u32,
+        /// Of those, replaced in this pass.
+        replace_now: u32,
+        /// Launches the bounds hold back.
+        held_back: u32,
+    },
+    /// An idle VM built from an outdated image (`outdated`) or older than `max_age`, retired
+    /// because the fresh idle VMs alone meet the target.
+    Stale {
+        /// Outdated image rather than age.
+        outdated: bool,
+        /// Fresh idle VMs.
+        fresh_idle: u32,
+        /// The warm target.
+        target: u32,
+    },
+    /// Idle above the target for longer than the idle timeout.
+    IdleAboveTarget {
+        /// Idle VMs.
+        idle: u32,
+        /// The warm target.
+        target: u32,
+    },
+    /// A rule of another system's policy (the simulator's baselines).
+    Baseline(&'static str),
+}
+
+impl ScaleReason {
+    /// Whether this retires a VM for its age (daily cycling).
+    pub fn is_cycle(&self) -> bool {
+        matches!(self, ScaleReason::Stale { outdated: false, .. })
+    }
+}
+
+impl std::fmt::Display for ScaleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScaleReason::QueuedTasks { queued, held_back } => {
+                write!(f, "{queued} tasks queued without a VM")?;
+                if *held_back > 0 {
+                    write!(f, "; {held_back} held back by max_instances")?;
+                }
+                Ok(())
+            }
+            ScaleReason::IdleForQueued => write!(f, "an idle VM for a task queued without one"),
+            ScaleReason::BelowTarget { warm, target, replacing, replace_now, held_back } => {
+                write!(f, "{warm} warm of target {target}")?;
+                if *replacing > 0 {
+                    write!(f, "; replacing {replacing} outdated or aged, {replace_now} now")?;
+                }
+                if *held_back > 0 {
+                    write!(f, "; {held_back} held back by max_instances")?;
+                }
+                Ok(())
+            }
+            ScaleReason::Stale { outdated, fresh_idle, target } => {
+                let why = if *outdated { "outdated image" } else { "older than max_age" };
+                write!(f, "{why}; {fresh_idle} fresh idle meet the target {target}")
+            }
+            ScaleReason::IdleAboveTarget { idle, target } => {
+                write!(f, "{idle} idle above the target {target} for longer than the idle timeout")
+            }
+            ScaleReason::Baseline(rule) => write!(f, "{rule}"),
+        }
+    }
 }
 
 /// What the planner decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScaleAction {
-    /// Launch on-demand VMs for `count` queued tasks of `pool`, oldest first.
+    /// Give an idle VM to a queued task.
+    Assign {
+        /// Pool key.
+        pool: String,
+        /// The idle VM.
+        vm_id: String,
+        /// The queued task.
+        task_id: String,
+        /// Why.
+        reason: ScaleReason,
+    },
+    /// Launch on-demand VMs for these queued tasks, in this order.
     LaunchForTasks {
         /// Pool key.
         pool: String,
-        /// How many.
-        count: u32,
+        /// The tasks, in the order they get VMs.
+        task_ids: Vec<String>,
         /// Why.
-        reason: String,
+        reason: ScaleReason,
     },
     /// Launch `count` warm VMs in `pool`.
     Launch {
@@ -97,7 +225,7 @@ pub enum ScaleAction {
         /// How many.
         count: u32,
         /// Why, for logs and the audit trail.
-        reason: String,
+        reason: ScaleReason,
     },
     /// Retire an idle VM.
     Terminate {
@@ -106,7 +234,7 @@ pub enum ScaleAction {
         /// The VM.
         vm_id: String,
         /// Why.
-        reason: String,
+        reason: ScaleReason,
     },
 }
 
@@ -134,31 +262,38 @@ fn stale(vm: &IdleVm, policy: &PoolPolicy, now_ms: i64) -> bool {
 
 /// Plans every pool at `now_ms`. `fleet_max` bounds the instances of all pools together.
 ///
-/// Queued tasks come first: they are waiting now. Stale idle VMs (outdated image, or older
-/// than `max_age`) are replaced, not dropped: fresh VMs are launched first (at most
-/// `max_replace_share` of the target at a time), and a stale VM is retired only while the fresh
-/// idle ones alone meet the target, so the ready count never falls below it.
+/// Queued tasks come first: they are waiting now. They take the pool's idle VMs (in
+/// [`claim_order`], tasks in [`fair_order`]), and the rest get on-demand launches within the
+/// bounds, in fair order. Stale idle VMs (outdated image, or older than `max_age`) are replaced,
+/// not dropped: fresh VMs are launched first (at most `max_replace_share` of the target at a
+/// time), and a stale VM is retired only while the fresh idle ones alone meet the target, so
+/// the ready count never falls below it. No idle VM is retired in a pass that found tasks
+/// queued.
 pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now_ms: i64) -> Vec<ScaleAction> {
     let mut actions = Vec::new();
     let mut fleet_total: u32 = pools.iter().map(|(o, _)| o.total()).sum();
-    for (obs, policy) in pools {
-        let target = warm_target(obs, policy, now_ms);
+    for (seen, policy) in pools {
+        let had_queued = !seen.queued.is_empty();
+        // One fair order for the pass: idle VMs go to its first tasks, launches to the next.
+        let order = fair_order(&seen.queued);
+        let assigned = seen.queued.len().min(claim_order(&seen.idle).len());
+        let obs = assign_queued(seen, &mut actions);
+        let target = warm_target(&obs, policy, now_ms);
         let mut pool_total = obs.total();
-        let room = |pool_total: u32, fleet_total: u32| {
-            let pool_room = policy.max_instances.map_or(u32::MAX, |m| m.saturating_sub(pool_total));
-            let fleet_room = fleet_max.map_or(u32::MAX, |m| m.saturating_sub(fleet_total));
-            pool_room.min(fleet_room)
-        };
-        if obs.queued > 0 {
-            let count = obs.queued.min(room(pool_total, fleet_total));
+        let room = |pool_total: u32, fleet_total: u32| room(pool_total, policy.max_instances, fleet_total, fleet_max);
+        if !obs.queued.is_empty() {
+            let queued = obs.queued.len() as u32;
+            let count = queued.min(room(pool_total, fleet_total));
             if count > 0 {
                 pool_total += count;
                 fleet_total += count;
-                let mut reason = format!("{} tasks queued without a VM", obs.queued);
-                if count < obs.queued {
-                    reason.push_str(&format!("; {} held back by max_instances", obs.queued - count));
-                }
-                actions.push(ScaleAction::LaunchForTasks { pool: obs.pool.clone(), count, reason });
+                let task_ids =
+                    order.iter().skip(assigned).take(count as usize).map(|&i| seen.queued[i].task_id.clone());
+                actions.push(ScaleAction::LaunchForTasks {
+                    pool: obs.pool.clone(),
+                    task_ids: task_ids.collect(),
+                    reason: ScaleReason::QueuedTasks { queued, held_back: queued - count },
+                });
             }
         }
         let stale_n = obs.idle.iter().filter(|v| stale(v, policy, now_ms)).count() as u32;
@@ -174,17 +309,17 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
             let count = want.min(room(pool_total, fleet_total));
             if count > 0 {
                 fleet_total += count;
-                let mut reason = format!("{fresh_warm} warm of target {target}");
-                if replacing > 0 {
-                    reason.push_str(&format!("; replacing {replacing} outdated or aged, {replace_now} now"));
-                }
-                if count < want {
-                    reason.push_str(&format!("; {} held back by max_instances", want - count));
-                }
+                let reason = ScaleReason::BelowTarget {
+                    warm: fresh_warm,
+                    target,
+                    replacing,
+                    replace_now,
+                    held_back: want - count,
+                };
                 actions.push(ScaleAction::Launch { pool: obs.pool.clone(), count, reason });
             }
         }
-        if obs.idle.len() as u32 > target && obs.queued == 0 {
+        if obs.idle.len() as u32 > target && !had_queued {
             // Retire above target: stale VMs first, then the longest idle. A stale VM only
             // goes while the fresh idle ones alone meet the target; a fresh one only once idle
             // for `idle_timeout`.
@@ -198,19 +333,44 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
                     if fresh_idle < target {
                         continue;
                     }
-                    let why = if vm.outdated { "outdated image" } else { "older than max_age" };
-                    format!("{why}; {fresh_idle} fresh idle meet the target {target}")
+                    ScaleReason::Stale { outdated: vm.outdated, fresh_idle, target }
                 } else {
                     if now_ms - vm.ready_at_ms < policy.idle_timeout_ms {
                         continue;
                     }
-                    format!("{} idle above the target {target} for longer than the idle timeout", obs.idle.len())
+                    ScaleReason::IdleAboveTarget { idle: obs.idle.len() as u32, target }
                 };
                 actions.push(ScaleAction::Terminate { pool: obs.pool.clone(), vm_id: vm.vm_id.clone(), reason });
             }
         }
     }
     actions
+}
+
+/// Queued tasks take idle VMs first (tasks in fair order, VMs in claim order); returns the
+/// pool as it is after those assignments.
+pub fn assign_queued(obs: &PoolObservation, actions: &mut Vec<ScaleAction>) -> PoolObservation {
+    let mut after = obs.clone();
+    if obs.queued.is_empty() || obs.idle.is_empty() {
+        return after;
+    }
+    let pairs: Vec<(usize, usize)> = fair_order(&obs.queued).into_iter().zip(claim_order(&obs.idle)).collect();
+    let (mut tasks_taken, mut vms_taken) = (Vec::new(), Vec::new());
+    for (t, v) in pairs {
+        actions.push(ScaleAction::Assign {
+            pool: obs.pool.clone(),
+            vm_id: obs.idle[v].vm_id.clone(),
+            task_id: obs.queued[t].task_id.clone(),
+            reason: ScaleReason::IdleForQueued,
+        });
+        tasks_taken.push(t);
+        vms_taken.push(v);
+    }
+    after.busy += vms_taken.len() as u32;
+    after.queued =
+        obs.queued.iter().enumerate().filter(|(i, _)| !tasks_taken.contains(i)).map(|(_, q)| q.clone()).collect();
+    after.idle = obs.idle.iter().enumerate().filter(|(i, _)| !vms_taken.contains(i)).map(|(_, v)| v.clone()).collect();
+    after
 }
 
 #[cfg(test)]
@@ -241,6 +401,12 @@ mod tests {
         }
     }
 
+    fn queued(n: usize) -> Vec<QueuedTask> {
+        (0..n)
+            .map(|i| QueuedTask { task_id: format!("t-{i}"), project: format!("p{}", i % 2), created_at_ms: i as i64 })
+            .collect()
+    }
+
     fn pol(min_idle: u32, max: Option<u32>) -> PoolPolicy {
         PoolPolicy { min_idle, max_instances: max, max_replace_share: 0.25, ..Default::default() }
     }
@@ -250,7 +416,10 @@ mod tests {
     }
 
     fn for_tasks(actions: &[ScaleAction]) -> u32 {
-        actions.iter().map(|a| if let ScaleAction::LaunchForTasks { count, .. } = a { *count } else { 0 }).sum()
+        actions
+            .iter()
+            .map(|a| if let ScaleAction::LaunchForTasks { task_ids, .. } = a { task_ids.len() as u32 } else { 0 })
+            .sum()
     }
 
     fn retired(actions: &[ScaleAction]) -> Vec<&str> {
@@ -377,7 +546,7 @@ mod tests {
             },
             Case {
                 name: "queued tasks launch first, within the bound",
-                obs: with(obs(0, 0, 3), &|o| o.queued = 4),
+                obs: with(obs(0, 0, 3), &|o| o.queued = queued(4)),
                 policy: pol(2, Some(5)),
                 fleet_max: None,
                 launch: 0,
@@ -386,7 +555,7 @@ mod tests {
             },
             Case {
                 name: "no scale-in while tasks are queued",
-                obs: with(obs(4, 0, 0), &|o| o.queued = 1),
+                obs: with(obs(4, 0, 0), &|o| o.queued = queued(1)),
                 policy: pol(0, None),
                 fleet_max: Some(4),
                 launch: 0,
@@ -437,7 +606,7 @@ mod tests {
                         assert!(vm_id.starts_with("old-"), "only stale VMs go");
                         idle.retain(|v| v.vm_id != vm_id);
                     }
-                    ScaleAction::LaunchForTasks { .. } => panic!("no tasks"),
+                    ScaleAction::LaunchForTasks { .. } | ScaleAction::Assign { .. } => panic!("no tasks"),
                 }
             }
             assert!(idle.len() >= target, "step {step}: ready count fell below target");
@@ -492,6 +661,36 @@ mod tests {
         let j: Vec<i64> = (0..50).map(|i| jitter_ms(&format!("vm-{i}"), max_age)).collect();
         assert!(j.iter().all(|&x| (0..max_age / 10).contains(&x)));
         assert!(j.iter().collect::<std::collections::HashSet<_>>().len() > 40, "spread out");
+    }
+
+    #[test]
+    fn queued_tasks_take_idle_vms_before_launches_in_fair_order() {
+        let mut o = obs(1, 0, 3);
+        o.queued = queued(3);
+        let actions = plan(&[(o, pol(0, Some(5)))], None, NOW);
+        assert_eq!(
+            actions[0],
+            ScaleAction::Assign {
+                pool: "machine/default/medium".into(),
+                vm_id: "vm-0".into(),
+                task_id: "t-0".into(),
+                reason: ScaleReason::IdleForQueued
+            }
+        );
+        // Room for one more instance: the other project's task goes before t-2.
+        let ScaleAction::LaunchForTasks { task_ids, reason, .. } = &actions[1] else { panic!("{actions:?}") };
+        assert_eq!(task_ids, &["t-1"]);
+        assert_eq!(reason.to_string(), "2 tasks queued without a VM; 1 held back by max_instances");
+        assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn reasons_read_as_before() {
+        let r = ScaleReason::BelowTarget { warm: 1, target: 4, replacing: 2, replace_now: 1, held_back: 0 };
+        assert_eq!(r.to_string(), "1 warm of target 4; replacing 2 outdated or aged, 1 now");
+        let s = ScaleReason::Stale { outdated: false, fresh_idle: 4, target: 4 };
+        assert_eq!(s.to_string(), "older than max_age; 4 fresh idle meet the target 4");
+        assert!(s.is_cycle() && !ScaleReason::Stale { outdated: true, fresh_idle: 4, target: 4 }.is_cycle());
     }
 
     #[test]

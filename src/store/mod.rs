@@ -77,6 +77,49 @@ macro_rules! in_tx {
     };
 }
 
+/// Claims an idle VM of `pool` for a task, in the planner's claim order
+/// (`vmfleet_scaler::claim_order`: only VMs of `image_id`, the image the pool resolves to now),
+/// each claim conditional on the VM still being idle, so concurrent requests never take the same
+/// VM. Evaluates to the claimed VM, if any.
+macro_rules! claim_idle {
+    ($ex:expr, $task_id:expr, $pool:expr, $image_id:expr, $now:expr) => {{
+        let image_id: &str = $image_id;
+        let rows: Vec<(String, Option<i64>, i64, String)> = sqlx::query_as(
+            "SELECT id, ready_at, requested_at, image_id FROM vms \
+             WHERE pool = $1 AND state = 'ready' AND NOT draining AND task_id IS NULL",
+        )
+        .bind($pool)
+        .fetch_all($ex)
+        .await?;
+        let idle: Vec<vmfleet_scaler::IdleVm> = rows
+            .iter()
+            .map(|(id, ready_at, requested_at, image)| vmfleet_scaler::IdleVm {
+                vm_id: id.clone(),
+                ready_at_ms: ready_at.unwrap_or(*requested_at),
+                launched_at_ms: *requested_at,
+                outdated: image != image_id,
+            })
+            .collect();
+        let mut claimed: Option<VmRow> = None;
+        for i in vmfleet_scaler::claim_order(&idle) {
+            claimed = sqlx::query_as(
+                "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
+                 WHERE id = $3 AND state = 'ready' AND NOT draining AND task_id IS NULL AND image_id = $4 RETURNING *",
+            )
+            .bind($task_id)
+            .bind($now)
+            .bind(&idle[i].vm_id)
+            .bind(image_id)
+            .fetch_optional($ex)
+            .await?;
+            if claimed.is_some() {
+                break;
+            }
+        }
+        claimed
+    }};
+}
+
 macro_rules! insert_task {
     ($ex:expr, $t:expr) => {{
         let t: &TaskRow = $t;
@@ -419,12 +462,6 @@ impl Store {
     ) -> Result<Assignment, StoreError> {
         let pg = matches!(self.db, Db::Postgres(_));
         let now = task.created_at;
-        let claim = format!(
-            "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
-             WHERE id = (SELECT id FROM vms WHERE pool = $3 AND state = 'ready' AND NOT draining \
-             AND image_id = $4 ORDER BY ready_at, id LIMIT 1{}) AND state = 'ready' RETURNING *",
-            self.lock_clause()
-        );
         Ok(in_tx!(&self.db, |tx| {
             // In the same transaction as the assignment, so a reset cannot interleave.
             let paused: Option<String> =
@@ -438,13 +475,7 @@ impl Store {
             }
             // Only a VM of the image the pool resolves to now: after a promotion, new tasks get
             // the new version while outdated VMs wait to be replaced.
-            let claimed: Option<VmRow> = sqlx::query_as(&claim)
-                .bind(&task.id)
-                .bind(now)
-                .bind(&task.pool)
-                .bind(&on_demand.image_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let claimed: Option<VmRow> = claim_idle!(&mut *tx, &task.id, &task.pool, &on_demand.image_id, now);
             match claimed {
                 Some(vm) => {
                     let handed = !task.dlc;
@@ -642,56 +673,106 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn give_to_waiting_task(&self, vm_id: &str, pool: &str) -> Result<Option<String>, StoreError> {
-        let lock = match self.db {
-            Db::Sqlite(_) => "",
-            Db::Postgres(_) => " FOR UPDATE OF t SKIP LOCKED",
-        };
-        let find = format!(
-            "SELECT t.id, v.id FROM tasks t JOIN vms v ON v.id = t.vm_id AND v.task_id = t.id \
+        let find = "SELECT t.id, t.created_at, v.id FROM tasks t JOIN vms v ON v.id = t.vm_id AND v.task_id = t.id \
              WHERE t.pool = $1 AND t.state = 'waiting' AND v.state IN ('requested','provisioning','booting') \
-             AND v.id <> $2 ORDER BY t.created_at, t.id LIMIT 1{lock}"
-        );
+             AND v.id <> $2";
         Ok(in_tx!(&self.db, |tx| {
-            let found: Option<(String, String)> =
-                sqlx::query_as(&find).bind(pool).bind(vm_id).fetch_optional(&mut *tx).await?;
-            let Some((task, old)) = found else { return Ok(None) };
-            let freed = sqlx::query(
-                "UPDATE vms SET task_id = NULL, preallocated = TRUE WHERE id = $1 AND task_id = $2 \
-                 AND state IN ('requested','provisioning','booting')",
-            )
-            .bind(&old)
-            .bind(&task)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let taken = if freed == 1 {
-                sqlx::query("UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1 AND task_id IS NULL AND state = 'booting'")
-                    .bind(vm_id)
-                    .bind(&task)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-            } else {
-                0
-            };
-            if taken == 1 {
-                sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                    .bind(&task)
-                    .bind(vm_id)
-                    .execute(&mut *tx)
-                    .await?;
-                Some(task)
-            } else {
-                if freed == 1 {
-                    // Put the reservation back as it was.
+            let rows: Vec<(String, i64, String)> =
+                sqlx::query_as(find).bind(pool).bind(vm_id).fetch_all(&mut *tx).await?;
+            let waiters: Vec<vmfleet_scaler::BootWaiter> = rows
+                .into_iter()
+                .map(|(task_id, created_at_ms, vm_id)| vmfleet_scaler::BootWaiter { task_id, created_at_ms, vm_id })
+                .collect();
+            let mut given = None;
+            // The planner's order; each step conditional on the task's own VM still starting
+            // and this VM still unreserved.
+            for i in vmfleet_scaler::boot_waiter_order(&waiters) {
+                let (task, old) = (&waiters[i].task_id, &waiters[i].vm_id);
+                let freed = sqlx::query(
+                    "UPDATE vms SET task_id = NULL, preallocated = TRUE WHERE id = $1 AND task_id = $2 \
+                     AND state IN ('requested','provisioning','booting')",
+                )
+                .bind(old)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if freed != 1 {
+                    continue;
+                }
+                let taken = sqlx::query(
+                    "UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1 AND task_id IS NULL AND state = 'booting'",
+                )
+                .bind(vm_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if taken == 1 {
+                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                        .bind(task)
+                        .bind(vm_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    given = Some(task.clone());
+                } else {
+                    // This VM is no longer free: put the reservation back as it was.
                     sqlx::query("UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1")
-                        .bind(&old)
-                        .bind(&task)
+                        .bind(old)
+                        .bind(task)
                         .execute(&mut *tx)
                         .await?;
                 }
-                None
+                break;
             }
+            given
+        }))
+    }
+
+    /// Gives the idle VM `vm_id` to `task_id`, queued without a VM (the planner's
+    /// `ScaleAction::Assign`), if both still are: handed over at once unless the task needs its
+    /// DLC volume attached first. Returns whether it did.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn assign_queued(&self, task_id: &str, vm_id: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(in_tx!(&self.db, |tx| {
+            let dlc: Option<bool> =
+                sqlx::query_scalar("SELECT dlc FROM tasks WHERE id = $1 AND state = 'waiting' AND vm_id IS NULL")
+                    .bind(task_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let claimed = match dlc {
+                None => 0,
+                Some(_) => sqlx::query(
+                    "UPDATE vms SET state = 'assigned', task_id = $1, assigned_at = $2, state_since = $2 \
+                     WHERE id = $3 AND state = 'ready' AND NOT draining AND task_id IS NULL",
+                )
+                .bind(task_id)
+                .bind(now)
+                .bind(vm_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if claimed == 1 {
+                // A DLC task is handed over once its volume is attached.
+                if dlc == Some(true) {
+                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
+                        .bind(task_id)
+                        .bind(vm_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    sqlx::query("UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1")
+                        .bind(task_id)
+                        .bind(vm_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            claimed == 1
         }))
     }
 

@@ -1,0 +1,322 @@
+//! `vmfleet simulate`'s engine: replays a CI trace in virtual time through the production
+//! planners (`vmfleet_scaler::plan` with its claim, hand-over and fairness orders,
+//! `vmfleet_scaler::forecast`, `vmfleet_scaler::step`, `vmfleet_gc::plan`) against a simulated
+//! cloud, and through the policies of other systems written as planners beside them, and
+//! reports queue times, VM-hours and cost.
+//!
+//! Pure: it reads the trace and nothing else, keeps virtual time, and is deterministic for a
+//! seed. Every setting comes from the caller (the CLI builds it from the configuration's
+//! defaults and a policy file); the crate has no defaults of its own for the fleet.
+
+pub mod baselines;
+pub mod cloud;
+pub mod engine;
+pub mod report;
+pub mod trace;
+
+use vmfleet_scaler::forecast::Forecast;
+use vmfleet_scaler::PoolPolicy;
+
+use baselines::{Idle, Schedule, Step};
+pub use baselines::{Static, Vmfleet};
+pub use cloud::Cloud;
+pub use engine::{Collector, Planner, Sim};
+pub use report::{frontier, plot_svg, price_of, reprice, Outcome, Run, Series};
+pub use trace::{load_trace, Trace, TraceError};
+
+/// One trace pool as vmfleet would run it.
+#[derive(Debug, Clone)]
+pub struct PoolSetup {
+    /// Its policy (the policy file's, or `PoolPolicy::unnamed()`).
+    pub policy: PoolPolicy,
+    /// Its forecast, if its policy has one.
+    pub forecast: Option<Forecast>,
+}
+
+/// vmfleet's setup for a trace: a policy per trace pool, in trace pool order.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Per trace pool.
+    pub pools: Vec<PoolSetup>,
+    /// The fleet's `limits.max_instances`.
+    pub fleet_max: Option<u32>,
+}
+
+/// A baseline name that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("--compare: unknown baseline {0:?}; use static, idle, step or schedule")]
+pub struct UnknownBaseline(String);
+
+/// Runs every candidate over `trace` (two at a time: the machine has two cores), sorted by
+/// name, priced at `prices` (`CLASS`, USD an hour) over the defaults.
+pub fn run_all(
+    trace: &Trace,
+    cloud: Cloud,
+    collector: Collector,
+    seed: u64,
+    candidates: &[Candidate],
+    prices: &[(String, f64)],
+) -> Vec<Run> {
+    let mut results: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|w| {
+                let chunk: Vec<&Candidate> = candidates.iter().skip(w).step_by(2).collect();
+                s.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|c| {
+                            let mut planner = (c.make)();
+                            let (mut outcome, _) = Sim::new(trace, cloud, collector, seed).run(planner.as_mut(), false);
+                            reprice(&mut outcome, prices);
+                            Run { name: c.name.clone(), family: c.family, outcome }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    results.sort_by(|a, b| a.name.cmp(&b.name));
+    results
+}
+
+/// The share of busy time of each pool in the trace (what a fair baseline scales its sizes by).
+pub fn shares(trace: &Trace) -> Vec<f64> {
+    let mut busy = vec![0f64; trace.pools.len()];
+    for t in &trace.tasks {
+        busy[t.pool] += t.dur as f64;
+    }
+    let total: f64 = busy.iter().sum::<f64>().max(1.0);
+    busy.iter().map(|b| b / total).collect()
+}
+
+pub(crate) fn spread(n: u32, shares: &[f64]) -> Vec<u32> {
+    shares.iter().map(|s| if n == 0 { 0 } else { (f64::from(n) * s).round().max(1.0) as u32 }).collect()
+}
+
+/// One named policy to run.
+pub struct Candidate {
+    /// Policy name.
+    pub name: String,
+    /// Family.
+    pub family: &'static str,
+    /// Makes a fresh planner for one run.
+    pub make: Box<dyn Fn() -> Box<dyn Planner> + Send + Sync>,
+}
+
+/// vmfleet's policy as set up; with `sweep`, one point per forecast quantile (applied to every
+/// pool that has a forecast).
+pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
+    let qs: Vec<Option<f64>> =
+        if sweep { [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(Some).to_vec() } else { vec![None] };
+    qs.into_iter()
+        .map(|q| {
+            let policies: Vec<PoolPolicy> = setup.pools.iter().map(|p| p.policy.clone()).collect();
+            let forecasts: Vec<Option<Forecast>> = setup
+                .pools
+                .iter()
+                .map(|p| p.forecast.map(|f| Forecast { quantile: q.unwrap_or(f.quantile), ..f }))
+                .collect();
+            let fleet_max = setup.fleet_max;
+            let name = q.map_or_else(|| "vmfleet".to_string(), |q| format!("vmfleet:q={q}"));
+            Candidate {
+                name,
+                family: "vmfleet",
+                make: Box::new(move || {
+                    Box::new(Vmfleet::new(policies.clone(), forecasts.clone(), fleet_max)) as Box<dyn Planner>
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The points of one baseline family: its default point, or with `sweep` a grid.
+///
+/// # Errors
+/// An unknown family name.
+pub fn baseline_candidates(which: &str, shares: &[f64], sweep: bool) -> Result<Vec<Candidate>, UnknownBaseline> {
+    let shares = shares.to_vec();
+    let mut out = Vec::new();
+    match which {
+        "static" => {
+            let ns: Vec<u32> = if sweep { vec![0, 2, 4, 8, 12, 16, 24, 32, 48, 64] } else { vec![12] };
+            for n in ns {
+                let sh = shares.clone();
+                out.push(Candidate {
+                    name: format!("static:n={n}"),
+                    family: "static",
+                    make: Box::new(move || Box::new(Static { n: spread(n, &sh) }) as Box<dyn Planner>),
+                });
+            }
+        }
+        "idle" => {
+            let grid: Vec<(u32, f64)> = if sweep {
+                [0u32, 4, 8, 16, 32].iter().flat_map(|c| [0.0, 0.1, 0.25, 0.5].map(|f| (*c, f))).collect()
+            } else {
+                vec![(8, 0.1)]
+            };
+            for (c, f) in grid {
+                let sh = shares.clone();
+                out.push(Candidate {
+                    name: format!("idle:count={c},factor={f}"),
+                    family: "idle",
+                    make: Box::new(move || {
+                        Box::new(Idle { count: spread(c, &sh), factor: f, idle_time_ms: 600_000 }) as Box<dyn Planner>
+                    }),
+                });
+            }
+        }
+        "step" => {
+            let grid: Vec<(u32, f64, i64)> = if sweep {
+                [0u32, 8, 16, 32, 64]
+                    .iter()
+                    .flat_map(|m| [(1.0, 2), (1.0, 5), (5.0, 5), (1.0, 10)].map(|(t, a)| (*m, t, a)))
+                    .collect()
+            } else {
+                vec![(16, 1.0, 5)]
+            };
+            for (m, thr, adj) in grid {
+                let sh = shares.clone();
+                out.push(Candidate {
+                    name: format!("step:min={m},threshold={thr},step={adj}"),
+                    family: "step",
+                    make: Box::new(move || {
+                        use vmfleet_scaler::step::{AdjustmentType, Step as S, StepPolicy};
+                        Box::new(Step {
+                            min: spread(m, &sh),
+                            up: StepPolicy {
+                                adjustment_type: AdjustmentType::ChangeInCapacity,
+                                steps: vec![
+                                    S { lower: Some(0.0), upper: Some(10.0), adjustment: adj },
+                                    S { lower: Some(10.0), upper: None, adjustment: adj * 3 },
+                                ],
+                                cooldown_ms: 60_000,
+                            },
+                            down: StepPolicy {
+                                adjustment_type: AdjustmentType::ChangeInCapacity,
+                                steps: vec![S { lower: None, upper: None, adjustment: -1 }],
+                                cooldown_ms: 60_000,
+                            },
+                            threshold: thr,
+                            desired: Vec::new(),
+                            last: Vec::new(),
+                            next_eval: 0,
+                            calm: Vec::new(),
+                        }) as Box<dyn Planner>
+                    }),
+                });
+            }
+        }
+        "schedule" => {
+            let grid: Vec<(u32, u32)> = if sweep {
+                [4u32, 8, 16, 24, 32, 48].iter().flat_map(|d| [0u32, 2, 4, 8].map(|n| (*d, n))).collect()
+            } else {
+                vec![(16, 4)]
+            };
+            for (d, n) in grid {
+                let sh = shares.clone();
+                out.push(Candidate {
+                    name: format!("schedule:day={d},night={n}"),
+                    family: "schedule",
+                    make: Box::new(move || {
+                        Box::new(Schedule {
+                            // The trace's busy hours (UTC), weekdays.
+                            window: vmfleet_scaler::CronWindow::parse("* 12-22 * * 1-5", "UTC")
+                                .unwrap_or_else(|_| unreachable!()),
+                            day: spread(d, &sh),
+                            night: spread(n, &sh),
+                        }) as Box<dyn Planner>
+                    }),
+                });
+            }
+        }
+        other => return Err(UnknownBaseline(other.to_string())),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::trace::Task;
+    use vmfleet_scaler::ScaleAction;
+
+    fn trace(tasks: Vec<Task>) -> Trace {
+        Trace { tasks, pools: vec!["machine/default/medium".into()], projects: 2 }
+    }
+
+    const COLLECTOR: Collector = Collector {
+        settings: vmfleet_gc::Settings {
+            vm_start_timeout_ms: 300_000,
+            long_running_task_timeout_ms: 6 * 3_600_000,
+            orphan_grace_ms: 600_000,
+            retire_grace_ms: 60_000,
+            volume_inactivity_ms: 14 * 86_400_000,
+            volumes_per_project: 50,
+            task_wait_limit_ms: 3_600_000,
+        },
+        interval_ms: 30_000,
+        budget: 1000,
+    };
+
+    #[test]
+    fn a_warm_vm_serves_at_once_and_on_demand_waits_a_boot() {
+        let t = trace(vec![
+            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
+        ]);
+        let cloud = Cloud::new(Duration::from_secs(90), Duration::from_secs(90), 0.0);
+        let mut none = Static { n: vec![0] };
+        let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut none, false);
+        assert_eq!(o.tasks, 2);
+        assert!((o.max_queue_s - 90.0).abs() < 0.01, "on demand: one boot, {o:?}");
+        let mut warm = Static { n: vec![1] };
+        let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut warm, false);
+        assert!(o.p50_queue_s <= 90.0 && o.max_queue_s >= 89.0, "the first task arrives before the pool is warm");
+        assert!(o.idle_vm_hours > 0.9, "the warm VM idles most of the hour: {}", o.idle_vm_hours);
+    }
+
+    #[test]
+    fn same_seed_same_result() {
+        let tasks: Vec<Task> = (0..200)
+            .map(|i| Task { at: i * 20_000, project: (i % 2) as u32, pool: 0, dlc: i % 3 == 0, dur: 300_000 })
+            .collect();
+        let t = trace(tasks);
+        let cloud = Cloud::new(Duration::from_secs(90), Duration::from_secs(180), 0.05);
+        let run = |seed| {
+            let mut p = Vmfleet::new(vec![PoolPolicy::unnamed()], vec![Some(Forecast::default())], None);
+            Sim::new(&t, cloud, COLLECTOR, seed).run(&mut p, false).0
+        };
+        let (a, b) = (run(7), run(7));
+        assert_eq!((a.p95_queue_s, a.vm_hours, a.launches), (b.p95_queue_s, b.vm_hours, b.launches));
+        // About five DLC tasks of two projects run at once: each project needs a few volumes,
+        // and every later task reuses one.
+        assert!(a.dlc_hit_rate > 0.8 && a.dlc_hit_rate < 1.0, "volumes are reused within projects: {}", a.dlc_hit_rate);
+    }
+
+    #[test]
+    fn at_the_pool_bound_tasks_queue_and_take_turns_between_projects() {
+        // Project 0 submits ten tasks at once, project 1 one a moment later; the pool holds two.
+        let mut tasks: Vec<Task> =
+            (0..10).map(|_| Task { at: 0, project: 0, pool: 0, dlc: false, dur: 600_000 }).collect();
+        tasks.push(Task { at: 1, project: 1, pool: 0, dlc: false, dur: 600_000 });
+        let t = trace(tasks);
+        let cloud = Cloud::new(Duration::from_secs(60), Duration::from_secs(60), 0.0);
+        let policy = PoolPolicy { max_instances: Some(2), ..PoolPolicy::unnamed() };
+        let mut p = Vmfleet::new(vec![policy], vec![None], None);
+        let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut p, false);
+        assert_eq!(o.tasks, 11);
+        // Two at a time, ten minutes each: project 1's task goes in the second round, not the
+        // sixth.
+        let q = o.pools.as_ref().and_then(|p| p.get("machine/default/medium")).map(|p| p.max_queue_s);
+        assert!(q.is_some_and(|q| q > 2_000.0), "the bound held tasks back: {q:?}");
+        let mut order = Sim::new(&t, cloud, COLLECTOR, 1);
+        for i in 0..11 {
+            order.enqueue(0, i);
+        }
+        let ScaleAction::LaunchForTasks { task_ids, .. } = &order.plan_once(&mut p, 0)[0] else { panic!("launch") };
+        assert_eq!(task_ids, &[engine::task_id(0), engine::task_id(10)], "fair order at the bound");
+    }
+}

@@ -1,0 +1,142 @@
+//! `vmfleet jobs`.
+
+use super::*;
+
+pub(super) fn validate_jobs(file: &Path, as_json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let cfg = match crate::jobs::circleci::ConfigFile::parse(&text, &file.display().to_string()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
+    };
+    let jobs = cfg.summaries();
+    if as_json {
+        print_json(&jobs)?;
+    } else {
+        table(
+            &["Job", "Line", "Kind", "Image", "Class", "Parallelism", "DLC", "Windows"],
+            jobs.iter()
+                .map(|j| {
+                    vec![
+                        j.name.clone(),
+                        j.line.to_string(),
+                        j.kind.as_str().to_string(),
+                        opt(&j.image),
+                        opt(&j.resource_class),
+                        j.parallelism.to_string(),
+                        j.docker_layer_caching.to_string(),
+                        j.windows.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        for j in jobs.iter().filter(|j| j.error.is_some()) {
+            println!("cannot run {}: {}", j.name, j.error.as_deref().unwrap_or_default());
+        }
+        match cfg.workflow_jobs() {
+            Ok(w) if !w.is_empty() => {
+                let names: Vec<String> = w.iter().filter(|w| w.name != w.job).map(|w| w.name.clone()).collect();
+                if !names.is_empty() {
+                    println!("workflow instances: {}", names.join(", "));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => println!("workflows: {e}"),
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::process::ExitCode> {
+    use crate::api::views::{JobView, TaskView};
+    match c {
+        JobsCmd::List { state, json } => {
+            let q = state.as_ref().map(|s| format!("?state={s}")).unwrap_or_default();
+            let jobs: Vec<JobView> = api.get(&format!("/api/v1/jobs{q}")).await?;
+            if json.json {
+                print_json(&jobs)?;
+            } else {
+                table(
+                    &["Number", "ID", "Job", "Project", "State", "Tasks", "Queued", "Finished"],
+                    jobs.iter()
+                        .map(|j| {
+                            vec![
+                                j.number.to_string(),
+                                j.id.clone(),
+                                j.name.clone(),
+                                j.project.clone(),
+                                j.state.clone(),
+                                j.parallelism.to_string(),
+                                j.queued_at.clone(),
+                                opt(&j.finished_at),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        JobsCmd::Show { id, json } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            if json.json {
+                print_json(&j)?;
+            } else {
+                let mut v = serde_json::to_value(&j)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("tasks");
+                }
+                print_kv(&v);
+                for t in &j.tasks {
+                    println!();
+                    println!(
+                        "task {} node {}: {} (attempt {}, exit code {})",
+                        t.id,
+                        t.node_index,
+                        t.state,
+                        t.attempt,
+                        t.exit_code.map_or("-".into(), |c| c.to_string())
+                    );
+                    if let Some(r) = &t.failure_reason {
+                        println!("  {r}");
+                    }
+                    for s in &t.steps {
+                        let d = s.duration_s.map_or("-".into(), |d| format!("{d:.1} s"));
+                        let code = s.exit_code.map_or(String::new(), |c| format!(" (exit code {c})"));
+                        println!("  {:>3}  {:<10} {:>8}  {}{code}", s.index, s.state, d, s.name);
+                    }
+                }
+            }
+        }
+        JobsCmd::Logs { id, follow } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            let code = crate::jobs::cli::follow_remote(api, &j.id, j.parallelism, *follow).await?;
+            return Ok(std::process::ExitCode::from(if *follow { code } else { 0 }));
+        }
+        JobsCmd::Cancel { id } => {
+            let j: JobView = api.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?;
+            println!("job {} #{}: cancel requested ({})", j.id, j.number, j.state);
+        }
+        JobsCmd::Ssh { id, node, key_file } => {
+            let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
+            let Some(t) = j.tasks.iter().find(|t| t.node_index == *node) else {
+                bail!("job {} has no task with node index {node}", j.id);
+            };
+            let Some(ft) = t.fleet_task_id.as_ref().filter(|_| t.state == "running") else {
+                bail!("task {} of job {} is {}, not running on a VM", t.id, j.id, t.state);
+            };
+            let task: TaskView = api.get(&format!("/api/v1/tasks/{ft}")).await?;
+            let Some(ssh) = &task.ssh else { bail!("task {} has no VM yet ({})", t.id, task.state) };
+            write_private(key_file, &ssh.private_key)?;
+            println!(
+                "ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {}@{}",
+                key_file.display(),
+                ssh.port,
+                ssh.user,
+                ssh.host
+            );
+        }
+        JobsCmd::Validate { .. } => unreachable!("handled without a server"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,143 @@
+//! The reconcile loop: leadership, one pass of observe, plan, re-check, act, and launches
+//! of requested VMs.
+
+use super::*;
+
+impl Fleet {
+    /// Runs the reconcile loop until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util_shutdown::Shutdown) {
+        let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+        loop {
+            let is_leader = match self.store.db() {
+                Db::Sqlite(_) => true,
+                Db::Postgres(pool) => {
+                    if leader.is_none() {
+                        leader = try_lead(pool).await;
+                    }
+                    leader.is_some()
+                }
+            };
+            if is_leader {
+                if let Err(e) = self.reconcile_once().await {
+                    warn!(error = %e, "reconcile pass failed; retrying");
+                    // A failed pass may mean a lost connection: lead again from scratch.
+                    leader = None;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.config.reconcile_interval) => {},
+            }
+        }
+    }
+
+    /// One pass of observe, plan, re-check, act.
+    ///
+    /// # Errors
+    /// Store or provider errors that stop the pass; the next pass starts over.
+    pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), FleetError> {
+        let now = self.now();
+        // Other replicas may have registered or promoted images.
+        self.refresh_catalog().await?;
+        self.launch_requested().await?;
+        let instances = self
+            .provider
+            .describe(&self.install_id)
+            .await
+            .map_err(|e| FleetError::Internal(format!("describe instances: {e}")))?;
+        let by_id: HashMap<&str, &vmfleet_provisioner::Instance> =
+            instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+
+        let vms = self.store.live_vms().await?;
+        for vm in &vms {
+            let Some(state) = vm.vm_state() else { continue };
+            match state {
+                VmState::Provisioning => {
+                    let inst = vm.instance_id.as_deref().and_then(|id| by_id.get(id));
+                    if let Some(inst) = inst.filter(|i| i.state == InstanceState::Running) {
+                        if let Some(host) = &inst.host {
+                            self.store.set_booting(&vm.id, host, inst.ssh_port, inst.host_key.as_deref(), now).await?;
+                            self.spawn_readiness(&vm.id);
+                        }
+                    }
+                }
+                VmState::Booting => self.spawn_readiness(&vm.id),
+                VmState::Assigned => {
+                    // A warm VM claimed by a DLC task: attach the volume, then hand over.
+                    if let Some(task_id) = &vm.task_id {
+                        let task = self.store.task(task_id).await?;
+                        if task.state == "waiting" {
+                            self.spawn_handover(&vm.id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let gone = self.retire_released(&vms).await?;
+        self.delete_volumes().await?;
+        self.step_scale(now).await;
+        self.scale(&vms, now).await?;
+        self.publish(&vms, now).await;
+        self.drain_lifecycle(now).await;
+        // The describe above predates this pass's terminations.
+        let still: Vec<vmfleet_provisioner::Instance> =
+            instances.into_iter().filter(|i| !gone.contains(&i.instance_id)).collect();
+        self.collect(&still, now).await?;
+        // Counts the pass (a zero interval is always due).
+        self.due("pass", Duration::ZERO, now);
+        Ok(())
+    }
+
+    pub(super) async fn launch_requested(&self) -> Result<(), FleetError> {
+        for vm in self.store.vms(&[VmState::Requested]).await? {
+            let pool = self.pool_config(&vm.pool);
+            let spec = LaunchSpec {
+                vm_id: vm.id.clone(),
+                install_id: self.install_id.clone(),
+                pool: vm.pool.clone(),
+                image_id: vm.image_id.clone(),
+                instance_type: vm.instance_type.clone(),
+                fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
+                capacity: pool.as_ref().map(|p| p.capacity).unwrap_or_default(),
+                platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
+                ssh_user: vm.ssh_user.clone(),
+                ssh_public_key: vm.ssh_public_key.clone(),
+                tags: self.config.provider.tags.clone(),
+            };
+            match self.provider.launch(&spec).await {
+                Ok(inst) => {
+                    let itype = inst.instance_type.as_deref();
+                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, itype, self.now()).await?;
+                    info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "launched");
+                }
+                Err(ProvisionError::Invalid(m)) => {
+                    self.store.fail_vm(&vm.id, &format!("launch refused: {m}"), self.now()).await?;
+                }
+                Err(e) => warn!(vm = %vm.id, error = %e, "launch failed; will retry"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the periodic job `name` is due (and if so, marks it run at `now`).
+    pub(super) fn due(&self, name: &'static str, every: Duration, now: i64) -> bool {
+        let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, runs) = t.get(name).copied().map_or((None, 0), |(l, n)| (Some(l), n));
+        if last.is_some_and(|l| now - l < every.as_millis() as i64) {
+            return false;
+        }
+        t.insert(name, (now, runs + 1));
+        true
+    }
+}
+
+pub(super) async fn try_lead(pool: &sqlx::PgPool) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    // A session-level advisory lock held on a dedicated connection: it is released when the
+    // connection (or the process) dies, and another replica takes over.
+    const KEY: i64 = 0x0076_6d66_6c65_6574;
+    let mut conn = pool.acquire().await.ok()?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(KEY).fetch_one(&mut *conn).await.ok()?;
+    got.then_some(conn)
+}
