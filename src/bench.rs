@@ -15,7 +15,7 @@ use sqlx::ConnectOptions;
 
 use crate::config::Config;
 use crate::fleet::{Fleet, TaskRequest};
-use crate::store::{Db, Store, VmState};
+use crate::store::{Db, Store};
 
 /// Arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,41 +97,25 @@ fn fleet_new_ready_vm(fleet: &Fleet, now: i64) -> anyhow::Result<crate::store::V
     let id = format!("vm-{}", crate::store::short_id());
     let keys = vmfleet_provisioner::ssh::generate_keypair(&id)?;
     let rc = &fleet.config.resource_classes["medium"];
-    Ok(crate::store::VmRow {
+    let new = crate::store::NewVm {
         id,
-        pool: crate::fleet::pool_key("machine", "default", "medium"),
         executor: "machine".into(),
         image: "default".into(),
         resource_class: "medium".into(),
-        preallocated: true,
-        state: VmState::Requested.as_str().into(),
         task_id: None,
-        instance_id: Some("bench".into()),
         // What the pool resolves to now: assignment only takes VMs of the current image.
         image_id: fleet.resolve_image(vmfleet_images::Executor::Machine, "default", "medium")?.0,
         instance_type: rc.instance_type.clone(),
         platform: "linux".into(),
-        zone: Some("bench".into()),
-        host: Some("127.0.0.1".into()),
-        ssh_port: Some(22),
-        ssh_user: "circleci".into(),
         ssh_private_key: keys.private_openssh,
         ssh_public_key: keys.public_openssh,
-        host_key: None,
-        draining: false,
-        failure_reason: None,
-        requested_at: now,
-        provisioning_at: None,
-        booting_at: None,
-        ready_at: None,
-        assigned_at: None,
-        releasing_at: None,
-        terminating_at: None,
-        terminated_at: None,
-        failed_at: None,
-        state_since: now,
-        docker_host: None,
-    })
+    };
+    let mut vm = crate::store::VmRow::requested(new, now);
+    vm.instance_id = Some("bench".into());
+    vm.zone = Some("bench".into());
+    vm.host = Some("127.0.0.1".into());
+    vm.ssh_port = Some(22);
+    Ok(vm)
 }
 
 async fn one(fleet: &Fleet) -> anyhow::Result<()> {

@@ -38,7 +38,7 @@ use vmfleet_provisioner::{ssh, InstanceState, LaunchSpec, Platform, Provider, Pr
 
 use crate::config::{requirement, Config, ProviderKind};
 use crate::metrics::Metrics;
-use crate::store::{short_id, AuditEvent, Db, Store, StoreError, TaskRow, VmRow, VmState, VolumeRow};
+use crate::store::{short_id, AuditEvent, Db, NewVm, Store, StoreError, TaskRow, VmRow, VmState, VolumeRow};
 
 /// Errors the API maps to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -378,42 +378,20 @@ impl Fleet {
         let (image_id, platform) = self.resolve_image(executor, image, resource_class)?;
         let id = format!("vm-{}", short_id());
         let keys = ssh::generate_keypair(&id).map_err(|e| FleetError::Internal(e.to_string()))?;
-        Ok(VmRow {
+        let pool = pool_key(executor.as_str(), image, resource_class);
+        let new = NewVm {
             id,
-            pool: pool_key(executor.as_str(), image, resource_class),
             executor: executor.as_str().into(),
             image: image.into(),
             resource_class: resource_class.into(),
-            preallocated: task_id.is_none(),
-            state: VmState::Requested.as_str().into(),
             task_id: task_id.map(Into::into),
-            instance_id: None,
             image_id,
-            instance_type: self
-                .instance_types(&pool_key(executor.as_str(), image, resource_class), resource_class)
-                .swap_remove(0),
+            instance_type: self.instance_types(&pool, resource_class).swap_remove(0),
             platform: platform.to_string(),
-            zone: None,
-            host: None,
-            ssh_port: None,
-            ssh_user: "circleci".into(),
             ssh_private_key: keys.private_openssh,
             ssh_public_key: keys.public_openssh,
-            host_key: None,
-            draining: false,
-            failure_reason: None,
-            requested_at: now,
-            provisioning_at: None,
-            booting_at: None,
-            ready_at: None,
-            assigned_at: None,
-            releasing_at: None,
-            terminating_at: None,
-            terminated_at: None,
-            failed_at: None,
-            state_since: now,
-            docker_host: None,
-        })
+        };
+        Ok(VmRow::requested(new, now))
     }
 
     pub(crate) fn event(&self, action: &str, actor: &str, target: &str, payload: &str) -> AuditEvent {

@@ -137,13 +137,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn renew_lease(&self, id: &str, owner: &str, lease_until: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE job_tasks SET lease_until = $3 WHERE id = $1 AND owner = $2 AND state = 'running'";
-        let n = with_pool!(&self.db, |p| sqlx::query(sql)
-            .bind(id)
-            .bind(owner)
-            .bind(lease_until)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let n = execute!(&self.db, sql, id, owner, lease_until)?;
         Ok(n == 1)
     }
 
@@ -173,21 +167,19 @@ impl Store {
         Ok(in_tx!(&self.db, |tx| {
             let reason =
                 format!("the process running it ({}) stopped renewing its claim", t.owner.as_deref().unwrap_or("?"));
-            let n = sqlx::query(
+            let n = execute_in!(
+                tx,
                 "UPDATE job_tasks SET state = $4, owner = NULL, lease_until = NULL, \
                  failure_reason = CASE WHEN $4 = 'queued' THEN NULL ELSE $5 END, \
                  finished_at = CASE WHEN $4 = 'queued' THEN NULL ELSE $6 END \
                  WHERE id = $1 AND state = 'running' AND attempt = $2 AND lease_until < $3",
-            )
-            .bind(&t.id)
-            .bind(t.attempt)
-            .bind(now)
-            .bind(state)
-            .bind(&reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+                &t.id,
+                t.attempt,
+                now,
+                state,
+                &reason,
+                now
+            );
             if n == 1 {
                 for fleet_task in [&t.fleet_task_id, &t.remote_task_id].into_iter().flatten() {
                     release_task_in_tx!(tx, fleet_task, now);
@@ -212,13 +204,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let col = if remote { "remote_task_id" } else { "fleet_task_id" };
         let sql = format!("UPDATE job_tasks SET {col} = $3 WHERE id = $1 AND owner = $2 AND state = 'running'");
-        let n = with_pool!(&self.db, |p| sqlx::query(&sql)
-            .bind(id)
-            .bind(owner)
-            .bind(fleet_task)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let n = execute!(&self.db, &sql, id, owner, fleet_task)?;
         if n == 1 {
             Ok(())
         } else {
@@ -241,16 +227,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE job_tasks SET state = $3, exit_code = $4, failure_reason = $5, finished_at = $6, \
                    lease_until = NULL WHERE id = $1 AND owner = $2 AND state = 'running'";
-        let n = with_pool!(&self.db, |p| sqlx::query(sql)
-            .bind(id)
-            .bind(owner)
-            .bind(state)
-            .bind(exit_code)
-            .bind(reason)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let n = execute!(&self.db, sql, id, owner, state, exit_code, reason, now)?;
         Ok(n == 1)
     }
 
@@ -260,8 +237,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn start_job(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE jobs SET state = 'running', started_at = $2 WHERE id = $1 AND state = 'queued'";
-        let n =
-            with_pool!(&self.db, |p| sqlx::query(sql).bind(id).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        let n = execute!(&self.db, sql, id, now)?;
         Ok(n == 1)
     }
 
@@ -286,17 +262,15 @@ impl Store {
                 let state =
                     ["infrastructure_fail", "canceled", "failed"].into_iter().find(|s| has(s)).unwrap_or("success");
                 let reason = states.iter().find(|(s, _)| s == state).and_then(|(_, r)| r.clone());
-                let n = sqlx::query(
+                let n = execute_in!(
+                    tx,
                     "UPDATE jobs SET state = $2, failure_reason = $3, finished_at = $4 \
                      WHERE id = $1 AND state IN ('queued','running')",
-                )
-                .bind(id)
-                .bind(state)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                    id,
+                    state,
+                    reason,
+                    now
+                );
                 (n == 1).then(|| state.to_string())
             }
         }))
@@ -346,15 +320,7 @@ impl Store {
     pub async fn start_step(&self, task: &str, attempt: i64, idx: i64, name: &str, now: i64) -> Result<(), StoreError> {
         let sql = "INSERT INTO job_steps (job_task_id, attempt, idx, name, state, started_at) \
                    VALUES ($1, $2, $3, $4, 'running', $5)";
-        with_pool!(&self.db, |p| sqlx::query(sql)
-            .bind(task)
-            .bind(attempt)
-            .bind(idx)
-            .bind(name)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        execute!(&self.db, sql, task, attempt, idx, name, now)?;
         Ok(())
     }
 
@@ -373,16 +339,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sql = "UPDATE job_steps SET state = $4, exit_code = $5, finished_at = $6 \
                    WHERE job_task_id = $1 AND attempt = $2 AND idx = $3";
-        with_pool!(&self.db, |p| sqlx::query(sql)
-            .bind(task)
-            .bind(attempt)
-            .bind(idx)
-            .bind(state)
-            .bind(exit_code)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        execute!(&self.db, sql, task, attempt, idx, state, exit_code, now)?;
         Ok(())
     }
 

@@ -125,7 +125,61 @@ impl std::fmt::Debug for VmRow {
     }
 }
 
+/// What a new VM needs to be known to the store before the cloud hears of it.
+#[derive(Clone)]
+pub struct NewVm {
+    pub id: String,
+    pub executor: String,
+    pub image: String,
+    pub resource_class: String,
+    /// The task it is launched for; `None` for a warm (preallocated) VM.
+    pub task_id: Option<String>,
+    pub image_id: String,
+    pub instance_type: String,
+    pub platform: String,
+    pub ssh_private_key: String,
+    pub ssh_public_key: String,
+}
+
 impl VmRow {
+    /// A VM in `requested` at `now`: the one way a VM row is made.
+    pub fn requested(new: NewVm, now: i64) -> Self {
+        VmRow {
+            pool: vmfleet_scaler::pool_key(&new.executor, &new.image, &new.resource_class),
+            id: new.id,
+            executor: new.executor,
+            image: new.image,
+            resource_class: new.resource_class,
+            preallocated: new.task_id.is_none(),
+            state: VmState::Requested.as_str().into(),
+            task_id: new.task_id,
+            instance_id: None,
+            image_id: new.image_id,
+            instance_type: new.instance_type,
+            platform: new.platform,
+            zone: None,
+            host: None,
+            ssh_port: None,
+            ssh_user: "circleci".into(),
+            ssh_private_key: new.ssh_private_key,
+            ssh_public_key: new.ssh_public_key,
+            host_key: None,
+            draining: false,
+            failure_reason: None,
+            requested_at: now,
+            provisioning_at: None,
+            booting_at: None,
+            ready_at: None,
+            assigned_at: None,
+            releasing_at: None,
+            terminating_at: None,
+            terminated_at: None,
+            failed_at: None,
+            state_since: now,
+            docker_host: None,
+        }
+    }
+
     /// The parsed state.
     pub fn vm_state(&self) -> Option<VmState> {
         VmState::parse(&self.state)

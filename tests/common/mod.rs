@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use vmfleet::config::Config;
-use vmfleet::store::{now_ms, short_id, Store, TaskRow, VmRow};
+use vmfleet::store::{now_ms, short_id, NewVm, Store, TaskRow, VmRow};
 
 pub mod emulator;
 pub mod harness;
@@ -58,40 +58,32 @@ pub fn test_config(dir: &Path) -> Config {
 /// A VM row in `state` for `pool`.
 pub fn vm_row(pool: &str, state: &str, task: Option<&str>) -> VmRow {
     let now = now_ms();
-    VmRow {
+    let (executor, image, resource_class) = match pool.splitn(3, '/').collect::<Vec<_>>()[..] {
+        [e, i, r] => (e, i, r),
+        _ => ("machine", "default", "medium"),
+    };
+    let new = NewVm {
         id: format!("vm-{}", short_id()),
-        pool: pool.into(),
-        executor: "machine".into(),
-        image: "default".into(),
-        resource_class: "medium".into(),
-        preallocated: task.is_none(),
-        state: state.into(),
+        executor: executor.into(),
+        image: image.into(),
+        resource_class: resource_class.into(),
         task_id: task.map(Into::into),
-        instance_id: Some(format!("i-{}", short_id())),
         image_id: "img".into(),
         instance_type: "m5.large".into(),
         platform: "linux".into(),
-        zone: Some("z1".into()),
-        host: Some("127.0.0.1".into()),
-        ssh_port: Some(22),
-        ssh_user: "circleci".into(),
         ssh_private_key: "secret".into(),
         ssh_public_key: "pub".into(),
-        host_key: None,
-        draining: false,
-        failure_reason: None,
-        requested_at: now,
-        provisioning_at: None,
-        booting_at: None,
-        ready_at: Some(now),
-        assigned_at: None,
-        releasing_at: None,
-        terminating_at: None,
-        terminated_at: None,
-        failed_at: None,
-        state_since: now,
-        docker_host: None,
-    }
+    };
+    let mut vm = VmRow::requested(new, now);
+    // Tests name pools freely; keep the name they gave.
+    vm.pool = pool.into();
+    vm.state = state.into();
+    vm.instance_id = Some(format!("i-{}", short_id()));
+    vm.zone = Some("z1".into());
+    vm.host = Some("127.0.0.1".into());
+    vm.ssh_port = Some(22);
+    vm.ready_at = Some(now);
+    vm
 }
 
 /// A waiting task of `project` in `pool`.

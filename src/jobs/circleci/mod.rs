@@ -1,0 +1,743 @@
+//! CircleCI `.circleci/config.yml` files (`version: 2` and `2.1`), as people write them.
+//!
+//! [`ConfigFile::parse`] reads a file; [`ConfigFile::summaries`] classifies every job it defines
+//! (machine, remote Docker, docker-only, macOS, …) with its image, resource class, parallelism
+//! and DLC as written; [`ConfigFile::job`] resolves one job into a [`JobSpec`] the runner can
+//! execute: executors, reusable commands, parameters (`<< parameters.x >>`,
+//! `<< pipeline.parameters.x >>`), matrix instances from `workflows:`, `when`/`unless` steps.
+//!
+//! # Design
+//! Every error names the file and the line. A problem in one job (an orb command, an unknown
+//! key) is that job's error: the file's other jobs still resolve. Orbs are never fetched; the
+//! Windows orb's executors map to the built-in Windows image, everything else from an orb is
+//! refused with the orb's name.
+
+mod resolve;
+
+use resolve::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::yaml::{self, Node, Value};
+
+/// An error in a config file, with where it is.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct CircleError {
+    /// The file as given.
+    pub file: String,
+    /// The line (1-based).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// How a job gets its machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Executor {
+    /// A `machine` VM.
+    Machine {
+        /// The image as written (`ubuntu-2004:202101-01`, `default`, …).
+        image: String,
+        /// Docker layer caching on the VM.
+        docker_layer_caching: bool,
+    },
+    /// A docker executor; runnable here only with `setup_remote_docker`.
+    Docker {
+        /// The primary container's image.
+        image: String,
+    },
+    /// macOS (not served by this fleet).
+    Macos {
+        /// The Xcode version.
+        xcode: String,
+    },
+}
+
+/// When a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Only while every step before it succeeded (the default).
+    #[default]
+    OnSuccess,
+    /// Only after a step failed.
+    OnFail,
+    /// Always.
+    Always,
+}
+
+/// A `run` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStep {
+    /// Shown in the output.
+    pub name: String,
+    /// The script.
+    pub command: String,
+    /// Step environment (added to the job's).
+    pub environment: Vec<(String, String)>,
+    /// Relative to the job's working directory, or absolute.
+    pub working_directory: Option<String>,
+    /// Runs beside the following steps.
+    pub background: bool,
+    /// Ends the step when it prints nothing this long.
+    pub no_output_timeout: Option<Duration>,
+    /// When it runs.
+    pub when: When,
+    /// Its shell, if not the job's.
+    pub shell: Option<String>,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Step {
+    /// Clone the project at the job's revision.
+    Checkout {
+        /// Where (default: the working directory).
+        path: Option<String>,
+    },
+    /// Run a script.
+    Run(RunStep),
+    /// Ask for a remote Docker engine.
+    SetupRemoteDocker {
+        /// Docker version asked for (informational).
+        version: Option<String>,
+        /// The project's layer cache on the engine.
+        docker_layer_caching: bool,
+    },
+    /// A CircleCI built-in this service does not carry out (caches, workspaces, artifacts):
+    /// reported in the output and skipped.
+    Unsupported {
+        /// The step's name (`save_cache`, …).
+        name: String,
+        /// Its line.
+        line: usize,
+    },
+}
+
+/// A job, resolved and ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The name it was asked for under (a workflow instance's name, or the job's).
+    pub name: String,
+    /// The job definition's name.
+    pub definition: String,
+    /// Its executor.
+    pub executor: Executor,
+    /// Resource class as written (`medium` when none).
+    pub resource_class: String,
+    /// Parallel tasks.
+    pub parallelism: u32,
+    /// Job environment.
+    pub environment: Vec<(String, String)>,
+    /// Working directory (default `~/project`).
+    pub working_directory: String,
+    /// Job-level shell.
+    pub shell: Option<String>,
+    /// The steps, commands expanded.
+    pub steps: Vec<Step>,
+    /// Whether the job runs on Windows (from the image or the resource class).
+    pub windows: bool,
+    /// The line of the job definition.
+    pub line: usize,
+}
+
+impl JobSpec {
+    /// Whether a step asks for remote Docker.
+    pub fn remote_docker(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| matches!(s, Step::SetupRemoteDocker { .. }))
+    }
+}
+
+/// What kind of job a definition is, for classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// A machine VM job.
+    Machine,
+    /// A docker job with `setup_remote_docker`: a remote-docker VM.
+    RemoteDocker,
+    /// A docker job that never asks for remote Docker: not a job for this service.
+    DockerOnly,
+    /// A macOS job: not a job for this service.
+    Macos,
+    /// No executor at all (`type: no-op`, approval jobs).
+    NoExecutor,
+    /// The executor is a parameter without a default; only a workflow instance says which.
+    Parametrized,
+}
+
+impl JobKind {
+    /// The name used in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Machine => "machine",
+            JobKind::RemoteDocker => "remote-docker",
+            JobKind::DockerOnly => "docker-only",
+            JobKind::Macos => "macos",
+            JobKind::NoExecutor => "no-executor",
+            JobKind::Parametrized => "parametrized",
+        }
+    }
+}
+
+/// A job as the file defines it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// Name.
+    pub name: String,
+    /// Line of the definition.
+    pub line: usize,
+    /// Kind.
+    pub kind: JobKind,
+    /// Machine image or primary docker image as written.
+    pub image: Option<String>,
+    /// Resource class as written.
+    pub resource_class: Option<String>,
+    /// Parallel tasks.
+    pub parallelism: u32,
+    /// DLC (machine) or remote Docker's DLC.
+    pub docker_layer_caching: bool,
+    /// Runs on Windows.
+    pub windows: bool,
+    /// Why the job cannot run here, when it cannot.
+    pub error: Option<String>,
+}
+
+/// A job a workflow runs, with its instance name and parameters.
+#[derive(Debug, Clone)]
+pub struct WorkflowJob {
+    /// The workflow.
+    pub workflow: String,
+    /// The instance name (`name:`, matrix names expanded).
+    pub name: String,
+    /// The job definition it runs.
+    pub job: String,
+    /// Parameter values.
+    pub params: Vec<(String, Node)>,
+    /// Where.
+    pub line: usize,
+}
+
+/// Values a pipeline supplies to `<< pipeline.* >>`.
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    /// `pipeline.number`.
+    pub number: i64,
+    /// `pipeline.id`.
+    pub id: String,
+    /// `pipeline.git.revision`.
+    pub revision: Option<String>,
+    /// `pipeline.git.branch`.
+    pub branch: Option<String>,
+    /// `pipeline.project.git_url`.
+    pub git_url: Option<String>,
+    /// Pipeline parameter values given at submission (override the defaults).
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A parsed config file.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    file: String,
+    root: Node,
+    version: String,
+    orbs: HashMap<String, String>,
+}
+
+const JOB_KEYS: &[&str] = &[
+    "docker",
+    "machine",
+    "macos",
+    "executor",
+    "resource_class",
+    "parallelism",
+    "environment",
+    "working_directory",
+    "shell",
+    "steps",
+    "parameters",
+    "description",
+    "circleci_ip_ranges",
+    "type",
+    "branches",
+    "retention",
+];
+const EXECUTOR_KEYS: &[&str] = &[
+    "docker",
+    "machine",
+    "macos",
+    "resource_class",
+    "environment",
+    "working_directory",
+    "shell",
+    "parameters",
+    "description",
+];
+const RUN_KEYS: &[&str] =
+    &["command", "name", "environment", "working_directory", "background", "no_output_timeout", "when", "shell"];
+const SRD_KEYS: &[&str] = &["version", "docker_layer_caching", "name"];
+/// Built-ins parsed and reported, but not carried out by this service.
+const UNSUPPORTED: &[&str] = &[
+    "save_cache",
+    "restore_cache",
+    "store_artifacts",
+    "store_test_results",
+    "persist_to_workspace",
+    "attach_workspace",
+    "add_ssh_keys",
+];
+const MAX_DEPTH: usize = 32;
+
+/// Parameters in scope while a node is substituted.
+#[derive(Clone, Default)]
+pub(super) struct Scope<'a> {
+    params: HashMap<String, Node>,
+    pipeline: Option<&'a Pipeline>,
+    /// Pipeline parameter defaults from the file.
+    pipeline_defaults: HashMap<String, Node>,
+    /// Leave unknown references as written (classification) instead of failing.
+    lenient: bool,
+}
+
+impl ConfigFile {
+    /// Parses `text`; `file` names it in errors.
+    ///
+    /// # Errors
+    /// YAML syntax errors; a file that is not a map; a missing or unsupported `version`.
+    pub fn parse(text: &str, file: &str) -> Result<Self, CircleError> {
+        let err = |line: usize, message: String| CircleError { file: file.to_string(), line, message };
+        let root = yaml::parse(text).map_err(|e| err(e.line, e.message))?;
+        if root.map().is_none() {
+            return Err(err(root.line, format!("a CircleCI config is a map, not {}", root.kind())));
+        }
+        let version = match root.get("version") {
+            Some(v) => v.str().unwrap_or_default().to_string(),
+            None => return Err(err(1, "no `version:` (use 2 or 2.1)".into())),
+        };
+        if !matches!(version.as_str(), "2" | "2.0" | "2.1") {
+            let line = root.get("version").map_or(1, |n| n.line);
+            return Err(err(line, format!("version {version:?} is not supported (use 2 or 2.1)")));
+        }
+        let mut orbs = HashMap::new();
+        if let Some(o) = root.get("orbs") {
+            for (k, v) in o.map().unwrap_or_default() {
+                let name = k.str().unwrap_or_default().to_string();
+                let reference = v.str().map(str::to_string).unwrap_or_else(|| "(inline orb)".into());
+                orbs.insert(name, reference);
+            }
+        }
+        let cfg = Self { file: file.to_string(), root, version, orbs };
+        let jobs = cfg.root.get("jobs").ok_or_else(|| err(1, "no `jobs:`".into()))?;
+        if jobs.map().is_none() {
+            return Err(err(jobs.line, format!("`jobs:` is a map of job names, not {}", jobs.kind())));
+        }
+        for section in ["executors", "commands", "parameters", "workflows", "orbs"] {
+            if let Some(n) = cfg.root.get(section) {
+                if n.map().is_none() && !n.is_null() {
+                    return Err(err(n.line, format!("`{section}:` is a map, not {}", n.kind())));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The file as given.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// `2`, `2.0` or `2.1`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub(super) fn err(&self, line: usize, message: impl Into<String>) -> CircleError {
+        CircleError { file: self.file.clone(), line, message: message.into() }
+    }
+
+    pub(super) fn section(&self, name: &str) -> &[(Node, Node)] {
+        self.root.get(name).and_then(Node::map).unwrap_or_default()
+    }
+
+    pub(super) fn lookup<'n>(&'n self, section: &str, name: &str) -> Option<&'n Node> {
+        self.section(section).iter().find(|(k, _)| k.str() == Some(name)).map(|(_, v)| v)
+    }
+
+    /// The names of the jobs the file defines, in order.
+    pub fn job_names(&self) -> Vec<String> {
+        self.section("jobs").iter().filter_map(|(k, _)| k.str().map(str::to_string)).collect()
+    }
+
+    /// Every job a workflow runs, matrix instances expanded.
+    ///
+    /// # Errors
+    /// A malformed workflow entry or matrix.
+    pub fn workflow_jobs(&self) -> Result<Vec<WorkflowJob>, CircleError> {
+        let mut out = Vec::new();
+        for (wk, wf) in self.section("workflows") {
+            let Some(wname) = wk.str() else { continue };
+            if wname == "version" {
+                continue;
+            }
+            let Some(entries) = wf.get("jobs").and_then(Node::seq) else { continue };
+            for entry in entries {
+                let (job, args, line) = match &entry.value {
+                    Value::Scalar { text, .. } => (text.clone(), None, entry.line),
+                    // The first key names the job; a mis-indented entry carries its options as
+                    // sibling keys, which are ignored with it.
+                    Value::Map(m) => match m.first() {
+                        Some((k, v)) => (k.str().unwrap_or_default().to_string(), Some(v), k.line),
+                        None => continue,
+                    },
+                    _ => return Err(self.err(entry.line, "a workflow job is a name or a map")),
+                };
+                let mut params: Vec<(String, Node)> = Vec::new();
+                let mut name_tpl: Option<Node> = None;
+                let mut matrix: Option<&Node> = None;
+                for (k, v) in args.and_then(|a| a.map()).unwrap_or_default() {
+                    match k.str().unwrap_or_default() {
+                        "name" => name_tpl = Some(v.clone()),
+                        "matrix" => matrix = Some(v),
+                        "requires" | "filters" | "context" | "type" | "serial-group" | "pre-steps" | "post-steps"
+                        | "override-with" => {}
+                        p => params.push((p.to_string(), v.clone())),
+                    }
+                }
+                let combos = match matrix {
+                    Some(m) => self.matrix(m)?,
+                    None => vec![Vec::new()],
+                };
+                for combo in combos {
+                    let mut p = params.clone();
+                    p.extend(combo.iter().cloned());
+                    let name = match &name_tpl {
+                        Some(n) => {
+                            let scope = Scope {
+                                params: combo.iter().map(|(k, v)| (format!("matrix.{k}"), v.clone())).collect(),
+                                lenient: true,
+                                ..Default::default()
+                            };
+                            self.subst_text(n.str().unwrap_or_default(), n.line, &scope)?
+                        }
+                        None if combo.is_empty() => job.clone(),
+                        // CircleCI's default instance name: the job and its matrix values.
+                        None => {
+                            let vals: Vec<String> = combo.iter().map(|(_, v)| scalar_text(v)).collect();
+                            format!("{job}-{}", vals.join("-"))
+                        }
+                    };
+                    out.push(WorkflowJob { workflow: wname.to_string(), name, job: job.clone(), params: p, line });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn matrix(&self, m: &Node) -> Result<Vec<Vec<(String, Node)>>, CircleError> {
+        let params =
+            m.get("parameters").and_then(Node::map).ok_or_else(|| self.err(m.line, "matrix needs parameters"))?;
+        let mut combos: Vec<Vec<(String, Node)>> = vec![Vec::new()];
+        for (k, v) in params {
+            let name = k.str().unwrap_or_default().to_string();
+            let values = v.seq().ok_or_else(|| self.err(v.line, format!("matrix parameter {name} is a list")))?;
+            let mut next = Vec::new();
+            for c in &combos {
+                for val in values {
+                    let mut c = c.clone();
+                    c.push((name.clone(), val.clone()));
+                    next.push(c);
+                }
+            }
+            combos = next;
+        }
+        let excluded: Vec<Vec<(String, String)>> = m
+            .get("exclude")
+            .and_then(Node::seq)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                e.map().unwrap_or_default().iter().map(|(k, v)| (scalar_text(k), scalar_text(v))).collect::<Vec<_>>()
+            })
+            .collect();
+        combos.retain(|c| {
+            !excluded.iter().any(|ex| ex.iter().all(|(k, v)| c.iter().any(|(ck, cv)| ck == k && scalar_text(cv) == *v)))
+        });
+        Ok(combos)
+    }
+
+    /// Every job the file defines, classified with its defaults applied.
+    pub fn summaries(&self) -> Vec<JobSummary> {
+        let mut out = Vec::new();
+        for (k, v) in self.section("jobs") {
+            let Some(name) = k.str() else { continue };
+            out.push(self.summary(name, k.line, v));
+        }
+        out
+    }
+
+    pub(super) fn summary(&self, name: &str, line: usize, def: &Node) -> JobSummary {
+        let mut s = JobSummary {
+            name: name.to_string(),
+            line,
+            kind: JobKind::NoExecutor,
+            image: None,
+            resource_class: None,
+            parallelism: 1,
+            docker_layer_caching: false,
+            windows: false,
+            error: None,
+        };
+        let scope = Scope { lenient: true, ..self.scope(def, &[], None).unwrap_or_default() };
+        match self.resolve(name, name, def, &scope) {
+            Ok(spec) => {
+                s.parallelism = spec.parallelism;
+                s.windows = spec.windows;
+                s.resource_class = Some(spec.resource_class.clone());
+                match &spec.executor {
+                    Executor::Machine { image, docker_layer_caching } => {
+                        s.kind = JobKind::Machine;
+                        s.image = Some(image.clone());
+                        s.docker_layer_caching = *docker_layer_caching;
+                    }
+                    Executor::Docker { image } => {
+                        s.image = Some(image.clone());
+                        match spec.remote_docker() {
+                            Some(Step::SetupRemoteDocker { docker_layer_caching, .. }) => {
+                                s.kind = JobKind::RemoteDocker;
+                                s.docker_layer_caching = *docker_layer_caching;
+                            }
+                            _ => s.kind = JobKind::DockerOnly,
+                        }
+                    }
+                    Executor::Macos { xcode } => {
+                        s.kind = JobKind::Macos;
+                        s.image = Some(format!("xcode:{xcode}"));
+                    }
+                }
+            }
+            Err(e) => {
+                // Classify as far as the executor goes; the error says why it cannot run.
+                let exec = self.job_executor_node(def, &scope);
+                match exec {
+                    Ok(Some(ex)) => {
+                        let (kind, image, dlc) = classify_executor(&ex);
+                        s.kind = kind;
+                        s.image = image;
+                        s.docker_layer_caching = dlc;
+                        let nested = ex.get("machine").and_then(|m| m.get("resource_class"));
+                        let class = def.get("resource_class").or_else(|| ex.get("resource_class")).or(nested);
+                        s.resource_class = Some(class.map_or_else(|| "medium".into(), scalar_text));
+                        s.parallelism =
+                            def.get("parallelism").and_then(|p| p.str()).and_then(|p| p.parse().ok()).unwrap_or(1);
+                        s.windows = is_windows(s.image.as_deref(), s.resource_class.as_deref());
+                    }
+                    Ok(None) => s.kind = JobKind::NoExecutor,
+                    Err(_) => s.kind = JobKind::Parametrized,
+                }
+                if s.kind == JobKind::DockerOnly && has_srd(def) {
+                    s.kind = JobKind::RemoteDocker;
+                }
+                s.error = Some(e.to_string());
+            }
+        }
+        s
+    }
+
+    /// Resolves the job `name`: a workflow instance name (with its parameters and matrix values)
+    /// or a job definition (with its parameters' defaults). `params` override both.
+    ///
+    /// # Errors
+    /// An unknown job (naming the ones there are), or why this job cannot be resolved.
+    pub fn job(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, String>,
+        pipeline: &Pipeline,
+    ) -> Result<JobSpec, CircleError> {
+        let instance = self.workflow_jobs()?.into_iter().find(|w| w.name == name && w.job != name);
+        let (def_name, mut args) = match &instance {
+            Some(w) => (w.job.clone(), w.params.clone()),
+            None => (name.to_string(), Vec::new()),
+        };
+        let Some((key, def)) = self.section("jobs").iter().find(|(k, _)| k.str() == Some(def_name.as_str())) else {
+            let mut names = self.job_names();
+            for w in self.workflow_jobs().unwrap_or_default() {
+                if !names.contains(&w.name) && self.lookup("jobs", &w.job).is_some() {
+                    names.push(w.name);
+                }
+            }
+            let line = instance.as_ref().map_or(1, |w| w.line);
+            return Err(self.err(line, format!("no job {def_name:?} in this file; it has: {}", names.join(", "))));
+        };
+        for (k, v) in params {
+            args.retain(|(a, _)| a != k);
+            args.push((k.clone(), Node { line: 0, value: Value::Scalar { text: v.clone(), plain: true } }));
+        }
+        let scope = self.scope(def, &args, Some(pipeline))?;
+        let mut spec = self.resolve(name, &def_name, def, &scope)?;
+        spec.line = key.line;
+        Ok(spec)
+    }
+
+    /// The parameters of a job: declared defaults, then `args`, checked against the declaration.
+    pub(super) fn scope<'a>(
+        &self,
+        def: &Node,
+        args: &[(String, Node)],
+        pipeline: Option<&'a Pipeline>,
+    ) -> Result<Scope<'a>, CircleError> {
+        let mut scope = Scope { pipeline, ..Default::default() };
+        for (k, v) in self.section("parameters") {
+            if let (Some(name), Some(d)) = (k.str(), v.get("default")) {
+                scope.pipeline_defaults.insert(name.to_string(), d.clone());
+            }
+        }
+        scope.params = self.bind(def.get("parameters"), args, def.line, &scope)?;
+        Ok(scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(text: &str, name: &str) -> Result<JobSpec, CircleError> {
+        ConfigFile::parse(text, "c.yml")?.job(name, &BTreeMap::new(), &Pipeline::default())
+    }
+
+    #[test]
+    fn executors_commands_and_parameters() {
+        let text = r#"
+version: 2.1
+parameters:
+  greeting: {type: string, default: hello}
+executors:
+  big:
+    parameters:
+      size: {type: string, default: large}
+    machine: {image: ubuntu-2204:current, docker_layer_caching: true}
+    resource_class: << parameters.size >>
+    environment: {A: "1"}
+commands:
+  say:
+    parameters:
+      what: {type: string}
+    steps:
+      - run: echo << parameters.what >> << pipeline.parameters.greeting >>
+jobs:
+  build:
+    executor: {name: big, size: xlarge}
+    parallelism: 3
+    environment:
+      - B: "2"
+    steps:
+      - checkout
+      - say: {what: world}
+      - run:
+          name: fails
+          command: exit 1
+          when: always
+          no_output_timeout: 20m
+      - save_cache: {key: x, paths: [a]}
+"#;
+        let j = job(text, "build").expect("resolves");
+        assert_eq!(j.executor, Executor::Machine { image: "ubuntu-2204:current".into(), docker_layer_caching: true });
+        assert_eq!(j.resource_class, "xlarge");
+        assert_eq!(j.parallelism, 3);
+        assert_eq!(j.environment, vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
+        assert_eq!(j.steps.len(), 4);
+        let Step::Run(r) = &j.steps[1] else { panic!("run") };
+        assert_eq!(r.command, "echo world hello");
+        let Step::Run(r) = &j.steps[2] else { panic!("run") };
+        assert_eq!((r.when, r.no_output_timeout), (When::Always, Some(Duration::from_secs(1200))));
+        assert!(matches!(&j.steps[3], Step::Unsupported { name, .. } if name == "save_cache"));
+    }
+
+    #[test]
+    fn matrix_instances_and_windows_by_class() {
+        let text = r#"
+version: 2.1
+executors:
+  win: {machine: true, resource_class: windows.medium}
+  lin: {machine: {image: default}}
+jobs:
+  test:
+    parameters:
+      e: {type: executor}
+    executor: << parameters.e >>
+    steps: [{run: echo hi}]
+workflows:
+  w:
+    jobs:
+      - test:
+          matrix:
+            parameters:
+              e: [lin, win]
+"#;
+        let cfg = ConfigFile::parse(text, "c.yml").expect("parses");
+        let names: Vec<String> = cfg.workflow_jobs().expect("workflows").into_iter().map(|w| w.name).collect();
+        assert_eq!(names, ["test-lin", "test-win"]);
+        let w = cfg.job("test-win", &BTreeMap::new(), &Pipeline::default()).expect("instance");
+        assert!(w.windows);
+        assert_eq!(w.resource_class, "windows.medium");
+        assert!(!cfg.job("test-lin", &BTreeMap::new(), &Pipeline::default()).expect("instance").windows);
+        assert_eq!(cfg.summaries()[0].kind, JobKind::Parametrized);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    stepz: []\n", "a").expect_err("unknown key");
+        assert_eq!((e.line, e.file.as_str()), (5, "c.yml"));
+        assert!(e.message.contains("stepz"), "{e}");
+        let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    steps: [{run: {comand: x}}]\n", "a")
+            .expect_err("unknown run key");
+        assert!(e.message.contains("comand"), "{e}");
+        let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    steps: [checkout]\n", "b").expect_err("no job");
+        assert!(e.message.contains("it has: a"), "{e}");
+        let e = job("version: 2.1\norbs:\n  node: circleci/node@5\njobs:\n  a:\n    machine: true\n    steps:\n      - node/install\n", "a")
+            .expect_err("orb");
+        assert_eq!(e.line, 8);
+        assert!(e.message.contains("circleci/node@5"), "{e}");
+        let e = ConfigFile::parse("version: 2.1\njobs: [\n", "c.yml").expect_err("yaml");
+        assert!(e.to_string().starts_with("c.yml:"), "{e}");
+    }
+
+    #[test]
+    fn windows_orb_executors_map_to_the_builtin_image() {
+        let text = "version: 2.1\norbs:\n  win: circleci/windows@2.3.0\njobs:\n  a:\n    executor: {name: win/default, size: large}\n    steps: [{run: dir}]\n";
+        let j = job(text, "a").expect("maps");
+        assert!(j.windows);
+        assert_eq!(j.resource_class, "windows.large");
+        assert_eq!(j.shell.as_deref(), Some("powershell.exe"));
+    }
+
+    #[test]
+    fn when_steps_and_step_parameters() {
+        let text = r#"
+version: 2.1
+jobs:
+  a:
+    parameters:
+      extra: {type: steps, default: [{run: echo extra}]}
+      on: {type: boolean, default: false}
+    machine: true
+    steps:
+      - steps: << parameters.extra >>
+      - when:
+          condition: << parameters.on >>
+          steps: [{run: echo on}]
+      - unless:
+          condition: {equal: [a, << parameters.on >>]}
+          steps: [{run: echo off}]
+"#;
+        let j = job(text, "a").expect("resolves");
+        let cmds: Vec<&str> =
+            j.steps.iter().filter_map(|s| if let Step::Run(r) = s { Some(r.command.as_str()) } else { None }).collect();
+        assert_eq!(cmds, ["echo extra", "echo off"]);
+    }
+}
