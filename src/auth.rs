@@ -12,43 +12,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
+pub use crate::domain::Scope;
 use crate::store::{now_ms, Store, StoreError};
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// Everything.
-    Admin,
-    /// Fleet operations: VMs, volumes, tasks.
-    Operator,
-    /// CI agents: request, read and release tasks.
-    Agent,
-    /// Packer pipelines: register image versions, nothing else.
-    ImagePublisher,
-}
-
-impl Scope {
-    /// Parses a scope name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "admin" => Some(Scope::Admin),
-            "operator" => Some(Scope::Operator),
-            "agent" => Some(Scope::Agent),
-            "image-publisher" => Some(Scope::ImagePublisher),
-            _ => None,
-        }
-    }
-
-    /// The name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "admin",
-            Scope::Operator => "operator",
-            Scope::Agent => "agent",
-            Scope::ImagePublisher => "image-publisher",
-        }
-    }
-}
 
 /// Who is calling.
 #[derive(Debug, Clone)]

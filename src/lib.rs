@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod domain;
 pub mod fleet;
 pub mod jobs;
 pub mod metrics;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::asg::Datum;
+use vmfleet_provisioner::asg::Datum;
 
 /// One pool's numbers.
 #[derive(Debug, Clone, Default, PartialEq)]

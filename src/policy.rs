@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{from_yaml_str, Config, ConfigError, Limits, PoolConfig, StepConfig};
-use crate::fleet::pool_key;
+use crate::domain::pool_key;
 
 /// One policy file as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -81,7 +81,7 @@ async fn policies_apply_creates_exactly_what_differs_and_a_second_apply_changes_
     let config_path = dir.path().join("vmfleet.yaml");
     std::fs::write(&config_path, config_text(dir.path(), &moto, &install, "")).expect("config");
     let config = vmfleet::config::Config::load(Some(&config_path), Vec::<(String, String)>::new()).expect("config");
-    let aws = vmfleet::asg::Aws::new(&config).await;
+    let aws = vmfleet::asg::Aws::new(&config.ec2_settings()).await;
     make_group(&aws, &moto, &group).await;
     let file: PathBuf = dir.path().join("asg.yaml");
     std::fs::write(&file, policy_file(&group, 3)).expect("policy");

@@ -11,6 +11,7 @@
 //! object tagged with the installation, so the garbage collector can compare the two by id.
 //! Deleting something that is already gone is success.
 
+pub mod asg;
 pub mod ec2;
 pub mod local;
 pub mod ssh;

@@ -77,7 +77,7 @@ pub enum Cmd {
     Bench(BenchCmd),
     /// Run a CircleCI job and stream its output; exits with the job's status. Without --server
     /// and with no server running, a fleet on the embedded default runs it in this process.
-    Run(crate::jobs::cli::RunArgs),
+    Run(crate::cli::run_job::RunArgs),
     /// Jobs: list, show, logs, cancel, ssh; check a CircleCI config.
     #[command(subcommand)]
     Jobs(JobsCmd),

@@ -5,6 +5,7 @@ mod args;
 mod images;
 mod jobs;
 mod output;
+mod run_job;
 pub mod simulate;
 
 pub use args::Cli;
@@ -161,8 +162,8 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             std::fs::create_dir_all(&config.data_dir)?;
             let store = crate::store::Store::open(&config.database_url(), 2).await?;
             let install = store.install_id(config.install_id.as_deref()).await?;
-            let aws = crate::asg::Aws::new(&config).await;
-            let plan = aws.plan(&install, &policies.asg).await?;
+            let aws = crate::asg::Aws::new(&config.ec2_settings()).await;
+            let plan = crate::asg::plan(&aws, &install, &policies.asg).await?;
             let mut changes = 0;
             for c in &plan {
                 println!("{:<9} {:<16} {} {}", c.action.as_str(), c.key.kind.as_str(), c.key.asg, c.key.name);
@@ -418,12 +419,12 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Run(args) => {
             let config = load_config(cli.config.as_deref())?;
-            let sub = crate::jobs::cli::submission(args)?;
+            let sub = crate::cli::run_job::submission(args)?;
             let api = client(&cli, &config)?;
             let code = if cli.server.is_some() || api.reachable().await {
-                crate::jobs::cli::run_remote(&api, &sub).await?
+                crate::cli::run_job::run_remote(&api, &sub).await?
             } else {
-                crate::jobs::cli::run_local(config, &sub).await?
+                crate::cli::run_job::run_local(config, &sub).await?
             };
             return Ok(std::process::ExitCode::from(code));
         }

@@ -143,7 +143,7 @@ impl std::fmt::Debug for Fleet {
 pub async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     match config.provider.kind {
         ProviderKind::Ec2 => {
-            let settings = ec2_settings(config);
+            let settings = config.ec2_settings();
             Ok(Arc::new(vmfleet_provisioner::ec2::Ec2Provider::new(settings).await))
         }
         ProviderKind::Local => {
@@ -154,35 +154,6 @@ pub async fn build_provider(config: &Config) -> anyhow::Result<Arc<dyn Provider>
             };
             Ok(Arc::new(vmfleet_provisioner::local::LocalProvider::new(root, program)?))
         }
-    }
-}
-
-/// The EC2 driver's settings (shared with the Auto Scaling and CloudWatch clients).
-pub fn ec2_settings(config: &Config) -> vmfleet_provisioner::ec2::Ec2Settings {
-    let e = &config.provider.ec2;
-    vmfleet_provisioner::ec2::Ec2Settings {
-        region: e.region.clone(),
-        endpoint_url: e.endpoint_url.clone(),
-        subnet_ids: e.subnet_ids.clone(),
-        security_group_id: e.security_group_id.clone(),
-        instance_profile: e.instance_profile.clone(),
-        use_public_ip: config.provider.use_public_ip,
-        access_key_id: e.access_key_id.clone(),
-        secret_access_key: e.secret_access_key.as_ref().map(|s| s.0.clone()),
-        ssh_address_override: e.ssh_address_override.clone(),
-        mutations_per_second: e.mutations_per_second,
-        mutation_burst: e.mutation_burst,
-        sdk_max_attempts: e.sdk_max_attempts,
-        throttle_retries: e.throttle_retries,
-        proxy: {
-            let env = vmfleet_provisioner::ec2::ProxySettings::from_env(|k| std::env::var(k).ok());
-            let p = &config.proxy;
-            vmfleet_provisioner::ec2::ProxySettings {
-                http: p.http.as_ref().map(|s| s.0.clone()).or(env.http),
-                https: p.https.as_ref().map(|s| s.0.clone()).or(env.https),
-                no_proxy: p.no_proxy.clone().or(env.no_proxy),
-            }
-        },
     }
 }
 

@@ -5,7 +5,7 @@ use super::*;
 impl Fleet {
     /// The Auto Scaling and CloudWatch clients.
     pub async fn aws(&self) -> &crate::asg::Aws {
-        self.aws.get_or_init(|| crate::asg::Aws::new(&self.config)).await
+        self.aws.get_or_init(|| async { crate::asg::Aws::new(&self.config.ec2_settings()).await }).await
     }
 
     /// The alarm-driven warm target of a pool, if its alarm has moved it.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
-use super::{poll_output, JobSubmission};
 use crate::api::views::{JobView, OutputView};
 use crate::client::Client;
 use crate::config::Config;
+use crate::jobs::{poll_output, JobSubmission};
 
 /// `vmfleet run` arguments.
 #[derive(Debug, Clone, clap::Args)]
