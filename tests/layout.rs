@@ -1,5 +1,6 @@
 //! The service crate's rooms: no source file over 800 lines, and no import cycle between its
 //! top-level modules (each names what it depends on with `crate::…`).
+#![expect(clippy::tests_outside_test_module, reason = "integration tests live in tests/, not in a cfg(test) module")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
