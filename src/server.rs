@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::api::{router, AppState};
 use crate::auth::{ensure_admin_token, Authenticator};
 use crate::config::Config;
-use crate::fleet::{build_provider, tokio_util_shutdown::Shutdown, Fleet};
+use crate::fleet::{build_provider, tokio_util_shutdown::Shutdown, Clock, Fleet, SystemClock};
 use crate::store::Store;
 
 /// A running in-process fleet: its API router and the handles to stop it.
@@ -31,6 +31,18 @@ pub struct Running {
 /// # Errors
 /// When the data directory, database or provider cannot be set up.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    start_with_clock(config, config_path, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the fleet's time from `clock` (a [`crate::fleet::ManualClock`] in tests).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(
+    config: Config,
+    config_path: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let url = config.database_url();
@@ -40,7 +52,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     let provider = build_provider(&config).await?;
     let auth = Authenticator::new(&config.auth.tokens, store.clone());
-    let fleet = Fleet::new(config, store, provider).await?;
+    let fleet = Fleet::with_clock(config, store, provider, clock).await?;
     fleet.reload_policies().map_err(|e| anyhow::anyhow!("policies: {e}"))?;
     let shutdown = Shutdown::default();
     tokio::spawn(fleet.clone().run(shutdown.clone()));

@@ -143,6 +143,170 @@ pub struct Settings {
     pub task_wait_limit_ms: i64,
 }
 
+/// Why the collector acts, one variant per rule; [`std::fmt::Display`] gives the sentence
+/// operators read in `gc --dry-run`, logs and audit events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcReason {
+    /// The provider has no instance for a VM that should have one.
+    NoInstance {
+        /// The VM.
+        vm_id: String,
+        /// The instance it recorded.
+        instance_id: String,
+        /// What happens to its task.
+        task: TaskFate,
+    },
+    /// A VM not ready within the VM start timeout.
+    StartTimeout {
+        /// The VM.
+        vm_id: String,
+        /// The timeout.
+        limit_ms: i64,
+    },
+    /// A VM assigned for longer than the long-running task timeout.
+    LongRunning {
+        /// The VM.
+        vm_id: String,
+        /// The timeout.
+        limit_ms: i64,
+    },
+    /// A released VM's instance still runs after the grace.
+    ReleasedAlive {
+        /// The VM.
+        vm_id: String,
+        /// Its instance.
+        instance_id: String,
+    },
+    /// A finished VM's instance still runs.
+    FinishedLeaked {
+        /// The VM.
+        vm_id: String,
+        /// Its instance.
+        instance_id: String,
+    },
+    /// An instance tagged with this installation that the store does not know.
+    OrphanInstance {
+        /// The instance.
+        instance_id: String,
+        /// The orphan grace.
+        grace_ms: i64,
+    },
+    /// A task waited longer than the limit for a VM.
+    WaitedTooLong {
+        /// The task.
+        task_id: String,
+        /// The limit.
+        limit_ms: i64,
+    },
+    /// A recorded volume the provider no longer has.
+    VolumeGone {
+        /// The vmfleet volume id.
+        volume_id: String,
+        /// The provider's id it recorded.
+        provider_id: String,
+    },
+    /// A deletion that did not finish.
+    DeletionUnfinished {
+        /// The vmfleet volume id.
+        volume_id: String,
+    },
+    /// A volume unused for longer than the DLC inactivity period.
+    VolumeInactive {
+        /// The vmfleet volume id.
+        volume_id: String,
+        /// Its project.
+        project: String,
+        /// The period.
+        period_ms: i64,
+    },
+    /// A project over its volume cap; this is its least recently used available volume.
+    ProjectCap {
+        /// The project.
+        project: String,
+        /// How many volumes it has.
+        count: usize,
+        /// The cap.
+        cap: usize,
+        /// The volume that goes.
+        volume_id: String,
+    },
+    /// A volume tagged with this installation that the store does not know.
+    OrphanVolume {
+        /// The provider's id.
+        provider_id: String,
+        /// The orphan grace.
+        grace_ms: i64,
+    },
+}
+
+/// What happens to the task of a VM whose instance is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFate {
+    /// The VM had no task.
+    None,
+    /// The task had not started: it gets a new VM.
+    Requeued(String),
+    /// The task had started: it fails.
+    Fails(String),
+}
+
+impl std::fmt::Display for GcReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GcReason::NoInstance { vm_id, instance_id, task } => {
+                write!(f, "vm {vm_id}: the provider has no instance {instance_id}")?;
+                match task {
+                    TaskFate::None => Ok(()),
+                    TaskFate::Requeued(t) => write!(f, "; task {t} had not started and gets a new VM"),
+                    TaskFate::Fails(t) => write!(f, "; task {t} fails"),
+                }
+            }
+            GcReason::StartTimeout { vm_id, limit_ms } => {
+                write!(f, "vm {vm_id} not ready within the VM start timeout of {} s", secs(*limit_ms))
+            }
+            GcReason::LongRunning { vm_id, limit_ms } => write!(
+                f,
+                "vm {vm_id} assigned for longer than the long-running task timeout of {} s",
+                secs(*limit_ms)
+            ),
+            GcReason::ReleasedAlive { vm_id, instance_id } => {
+                write!(f, "instance {instance_id} of released vm {vm_id} is still alive")
+            }
+            GcReason::FinishedLeaked { vm_id, instance_id } => {
+                write!(f, "instance {instance_id} of finished vm {vm_id} leaked")
+            }
+            GcReason::OrphanInstance { instance_id, grace_ms } => write!(
+                f,
+                "instance {instance_id} is tagged with this installation but unknown to the store, older than the orphan grace of {} s",
+                secs(*grace_ms)
+            ),
+            GcReason::WaitedTooLong { task_id, limit_ms } => {
+                write!(f, "task {task_id} waited longer than the limit of {} s for a VM", secs(*limit_ms))
+            }
+            GcReason::VolumeGone { volume_id, provider_id } => {
+                write!(f, "volume {volume_id}: the provider has no volume {provider_id}")
+            }
+            GcReason::DeletionUnfinished { volume_id } => {
+                write!(f, "deletion of volume {volume_id} has not finished; retrying")
+            }
+            GcReason::VolumeInactive { volume_id, project, period_ms } => write!(
+                f,
+                "volume {volume_id} of project {project} unused for longer than the DLC inactivity period of {}",
+                days(*period_ms)
+            ),
+            GcReason::ProjectCap { project, count, cap, volume_id } => write!(
+                f,
+                "project {project} has {count} volumes, above the cap of {cap}; volume {volume_id} is the least recently used"
+            ),
+            GcReason::OrphanVolume { provider_id, grace_ms } => write!(
+                f,
+                "volume {provider_id} is tagged with this installation but unknown to the store, older than the orphan grace of {} s",
+                secs(*grace_ms)
+            ),
+        }
+    }
+}
+
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GcAction {
@@ -153,7 +317,7 @@ pub enum GcAction {
         /// Its instance, if launched.
         instance_id: Option<String>,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
     /// Terminate an instance (an orphan, a leaked or a stuck retiring VM's).
     TerminateInstance {
@@ -162,7 +326,7 @@ pub enum GcAction {
         /// The VM it belongs to, if the store knows it.
         vm_id: Option<String>,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
     /// The provider no longer has the VM's instance.
     MarkLost {
@@ -171,7 +335,7 @@ pub enum GcAction {
         /// A task that had not started yet: it gets a new VM instead of failing.
         requeue: Option<String>,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
     /// Delete a volume: a recorded one (`volume_id`) or an orphan known only to the provider.
     DeleteVolume {
@@ -180,27 +344,27 @@ pub enum GcAction {
         /// The provider's id, when created.
         provider_id: Option<String>,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
     /// The store's record names a volume the provider no longer has: mark it deleted.
     ForgetVolume {
         /// The vmfleet volume id.
         volume_id: String,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
     /// Fail a task that waited too long.
     FailTask {
         /// The task.
         task_id: String,
         /// Why.
-        reason: String,
+        reason: GcReason,
     },
 }
 
 impl GcAction {
-    /// The reason, for printing.
-    pub fn reason(&self) -> &str {
+    /// Why.
+    pub fn reason(&self) -> &GcReason {
         match self {
             GcAction::FailVm { reason, .. }
             | GcAction::TerminateInstance { reason, .. }
@@ -303,41 +467,33 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
                 if lost && (vm.phase != Phase::Starting || launched_long_ago) =>
             {
                 let requeue = vm.task.as_ref().filter(|(_, started)| !started).map(|(t, _)| t.clone());
-                let what = match (&vm.task, &requeue) {
-                    (_, Some(t)) => format!("; task {t} had not started and gets a new VM"),
-                    (Some((t, _)), None) => format!("; task {t} fails"),
-                    (None, _) => String::new(),
+                let task = match (&vm.task, &requeue) {
+                    (_, Some(t)) => TaskFate::Requeued(t.clone()),
+                    (Some((t, _)), None) => TaskFate::Fails(t.clone()),
+                    (None, _) => TaskFate::None,
                 };
                 out.push(GcAction::MarkLost {
                     vm_id: vm.vm_id.clone(),
                     requeue,
-                    reason: format!(
-                        "vm {}: the provider has no instance {}{what}",
-                        vm.vm_id,
-                        vm.instance_id.as_deref().unwrap_or_default()
-                    ),
+                    reason: GcReason::NoInstance {
+                        vm_id: vm.vm_id.clone(),
+                        instance_id: vm.instance_id.clone().unwrap_or_default(),
+                        task,
+                    },
                 });
             }
             Phase::Starting if now_ms - vm.requested_at_ms > s.vm_start_timeout_ms => {
                 out.push(GcAction::FailVm {
                     vm_id: vm.vm_id.clone(),
                     instance_id: vm.instance_id.clone(),
-                    reason: format!(
-                        "vm {} not ready within the VM start timeout of {} s",
-                        vm.vm_id,
-                        secs(s.vm_start_timeout_ms)
-                    ),
+                    reason: GcReason::StartTimeout { vm_id: vm.vm_id.clone(), limit_ms: s.vm_start_timeout_ms },
                 });
             }
             Phase::Assigned if now_ms - vm.state_since_ms > s.long_running_task_timeout_ms => {
                 out.push(GcAction::FailVm {
                     vm_id: vm.vm_id.clone(),
                     instance_id: vm.instance_id.clone(),
-                    reason: format!(
-                        "vm {} assigned for longer than the long-running task timeout of {} s",
-                        vm.vm_id,
-                        secs(s.long_running_task_timeout_ms)
-                    ),
+                    reason: GcReason::LongRunning { vm_id: vm.vm_id.clone(), limit_ms: s.long_running_task_timeout_ms },
                 });
             }
             Phase::Retiring if live.is_some() && now_ms - vm.state_since_ms > s.retire_grace_ms => {
@@ -346,7 +502,7 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
                 out.push(GcAction::TerminateInstance {
                     instance_id: id.clone(),
                     vm_id: Some(vm.vm_id.clone()),
-                    reason: format!("instance {id} of released vm {} is still alive", vm.vm_id),
+                    reason: GcReason::ReleasedAlive { vm_id: vm.vm_id.clone(), instance_id: id },
                 });
             }
             Phase::Done if live.is_some() => {
@@ -355,7 +511,7 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
                 out.push(GcAction::TerminateInstance {
                     instance_id: id.clone(),
                     vm_id: Some(vm.vm_id.clone()),
-                    reason: format!("instance {id} of finished vm {} leaked", vm.vm_id),
+                    reason: GcReason::FinishedLeaked { vm_id: vm.vm_id.clone(), instance_id: id },
                 });
             }
             _ => {}
@@ -372,11 +528,7 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
             out.push(GcAction::TerminateInstance {
                 instance_id: inst.instance_id.clone(),
                 vm_id: inst.vm_id.clone(),
-                reason: format!(
-                    "instance {} is tagged with this installation but unknown to the store, older than the orphan grace of {} s",
-                    inst.instance_id,
-                    secs(s.orphan_grace_ms)
-                ),
+                reason: GcReason::OrphanInstance { instance_id: inst.instance_id.clone(), grace_ms: s.orphan_grace_ms },
             });
         }
     }
@@ -388,11 +540,7 @@ fn plan_tasks(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcAction
         if now_ms - t.created_at_ms > s.task_wait_limit_ms {
             out.push(GcAction::FailTask {
                 task_id: t.task_id.clone(),
-                reason: format!(
-                    "task {} waited longer than the limit of {} s for a VM",
-                    t.task_id,
-                    secs(s.task_wait_limit_ms)
-                ),
+                reason: GcReason::WaitedTooLong { task_id: t.task_id.clone(), limit_ms: s.task_wait_limit_ms },
             });
         }
     }
@@ -409,11 +557,10 @@ fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcActi
             going.insert(&v.volume_id);
             out.push(GcAction::ForgetVolume {
                 volume_id: v.volume_id.clone(),
-                reason: format!(
-                    "volume {}: the provider has no volume {}",
-                    v.volume_id,
-                    v.provider_id.as_deref().unwrap_or_default()
-                ),
+                reason: GcReason::VolumeGone {
+                    volume_id: v.volume_id.clone(),
+                    provider_id: v.provider_id.clone().unwrap_or_default(),
+                },
             });
         }
     }
@@ -424,7 +571,7 @@ fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcActi
             out.push(GcAction::DeleteVolume {
                 volume_id: Some(v.volume_id.clone()),
                 provider_id: v.provider_id.clone(),
-                reason: format!("deletion of volume {} has not finished; retrying", v.volume_id),
+                reason: GcReason::DeletionUnfinished { volume_id: v.volume_id.clone() },
             });
         }
     }
@@ -441,12 +588,11 @@ fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcActi
             out.push(GcAction::DeleteVolume {
                 volume_id: Some(v.volume_id.clone()),
                 provider_id: v.provider_id.clone(),
-                reason: format!(
-                    "volume {} of project {} unused for longer than the DLC inactivity period of {}",
-                    v.volume_id,
-                    v.project,
-                    days(s.volume_inactivity_ms)
-                ),
+                reason: GcReason::VolumeInactive {
+                    volume_id: v.volume_id.clone(),
+                    project: v.project.clone(),
+                    period_ms: s.volume_inactivity_ms,
+                },
             });
         }
     }
@@ -475,10 +621,12 @@ fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcActi
             out.push(GcAction::DeleteVolume {
                 volume_id: Some(v.volume_id.clone()),
                 provider_id: v.provider_id.clone(),
-                reason: format!(
-                    "project {project} has {count} volumes, above the cap of {}; volume {} is the least recently used",
-                    s.volumes_per_project, v.volume_id
-                ),
+                reason: GcReason::ProjectCap {
+                    project: project.to_string(),
+                    count,
+                    cap: s.volumes_per_project,
+                    volume_id: v.volume_id.clone(),
+                },
             });
         }
     }
@@ -492,11 +640,7 @@ fn plan_volumes(snap: &Snapshot, now_ms: i64, s: &Settings, out: &mut Vec<GcActi
             out.push(GcAction::DeleteVolume {
                 volume_id: None,
                 provider_id: Some(c.provider_id.clone()),
-                reason: format!(
-                    "volume {} is tagged with this installation but unknown to the store, older than the orphan grace of {} s",
-                    c.provider_id,
-                    secs(s.orphan_grace_ms)
-                ),
+                reason: GcReason::OrphanVolume { provider_id: c.provider_id.clone(), grace_ms: s.orphan_grace_ms },
             });
         }
     }

@@ -105,7 +105,7 @@ impl Fleet {
                 };
                 match terminated {
                     Ok(()) => {
-                        self.store.fail_vm(vm_id, reason, now).await?;
+                        self.store.fail_vm(vm_id, &reason.to_string(), now).await?;
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -164,14 +164,14 @@ impl Fleet {
                 Ok(())
             }
             GcAction::FailTask { task_id, reason } => {
-                self.store.fail_task(task_id, reason, now).await?;
+                self.store.fail_task(task_id, &reason.to_string(), now).await?;
                 self.wake();
                 Ok(())
             }
         };
-        let mut e = self.event(action.audit_action(), "gc", &action.target(), action.reason());
+        let mut e = self.event(action.audit_action(), "gc", &action.target(), &action.reason().to_string());
         match &done {
-            Ok(()) => info!(target = %action.target(), reason = action.reason(), "gc"),
+            Ok(()) => info!(target = %action.target(), reason = %action.reason(), "gc"),
             Err(err) => {
                 warn!(target = %action.target(), error = %err, "gc action failed; will retry on the next pass");
                 e.success = false;
