@@ -70,12 +70,40 @@ impl From<FleetError> for ApiError {
             FleetError::BadRequest(m) => ApiError::bad_request(m),
             FleetError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             FleetError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            FleetError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+            e => {
+                // The cause goes to the log only; the client gets an id to quote.
+                let id = crate::store::short_id();
+                let chain = error_chain(&e);
+                if e.is_transient() {
+                    tracing::warn!(error_id = %id, error = %chain, "unavailable");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("temporarily unavailable, try again (id {id})"),
+                    )
+                } else {
+                    tracing::error!(error_id = %id, error = %chain, "internal error");
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error (id {id})"))
+                }
             }
         }
     }
+}
+
+/// An error and its sources, `outer: inner: …`, without repeating a source its parent's text
+/// already shows.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -473,4 +501,36 @@ async fn job_output(
     })
     .flat_map(|evs| futures_util::stream::iter(evs.into_iter().map(Ok::<_, std::convert::Infallible>)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmfleet_provisioner::ProvisionError;
+
+    #[test]
+    fn an_internal_error_answers_an_id_and_keeps_its_cause_out_of_the_body() {
+        let e = FleetError::provider("describe instances")(ProvisionError::Invalid("db password hunter2".into()));
+        let chain = error_chain(&e);
+        assert!(chain.contains("hunter2"), "the log line has the cause: {chain}");
+        let api = ApiError::from(e);
+        assert_eq!((api.status, api.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        assert!(api.message.starts_with("internal error (id ") && !api.message.contains("hunter2"), "{}", api.message);
+    }
+
+    #[test]
+    fn a_throttled_cloud_is_unavailable_not_broken() {
+        let e = FleetError::provider("launch")(ProvisionError::Throttled("RequestLimitExceeded".into()));
+        let api = ApiError::from(e);
+        assert_eq!((api.status, api.code), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        assert!(!api.message.contains("RequestLimitExceeded"));
+        let bad = ApiError::from(FleetError::BadRequest("pool x is unknown".into()));
+        assert_eq!((bad.status, bad.message.as_str()), (StatusCode::BAD_REQUEST, "pool x is unknown"));
+    }
+
+    #[test]
+    fn a_source_the_parent_already_shows_is_not_repeated() {
+        let e = FleetError::provider("reset")(ProvisionError::Other("boom".into()));
+        assert_eq!(error_chain(&e), "reset: provider error: boom");
+    }
 }

@@ -13,11 +13,8 @@ impl Fleet {
         if !self.due("gc", self.config.gc.interval, now) {
             return Ok(());
         }
-        let volumes = self
-            .provider
-            .describe_volumes(&self.install_id)
-            .await
-            .map_err(|e| FleetError::Internal(format!("describe volumes: {e}")))?;
+        let volumes =
+            self.provider.describe_volumes(&self.install_id).await.map_err(FleetError::provider("describe volumes"))?;
         for action in self.gc_plan(instances, &volumes, now, self.config.gc.orphan_grace).await? {
             self.apply_gc(&action).await?;
         }
@@ -30,7 +27,7 @@ impl Fleet {
     /// # Errors
     /// Store or provider errors.
     pub async fn gc_dry_run(&self, orphan_grace: Option<Duration>) -> Result<Vec<vmfleet_gc::GcAction>, FleetError> {
-        let cloud = |what: &str, e: ProvisionError| FleetError::Internal(format!("describe {what}: {e}"));
+        let cloud = |what: &str, e: ProvisionError| FleetError::provider(format!("describe {what}"))(e);
         let instances = self.provider.describe(&self.install_id).await.map_err(|e| cloud("instances", e))?;
         let volumes = self.provider.describe_volumes(&self.install_id).await.map_err(|e| cloud("volumes", e))?;
         self.gc_plan(&instances, &volumes, self.now(), orphan_grace.unwrap_or(self.config.gc.orphan_grace)).await

@@ -70,7 +70,7 @@ impl Fleet {
             version: req.version.clone(),
             kind: req.kind.clone(),
             arch: req.arch.clone(),
-            amis: serde_json::to_string(&req.amis).map_err(|e| FleetError::Internal(e.to_string()))?,
+            amis: serde_json::to_string(&req.amis).map_err(FleetError::other("encoding the image's AMIs"))?,
             registered_at: self.now(),
         };
         self.store.insert_image(&row).await?;
@@ -94,7 +94,7 @@ impl Fleet {
             Err(ProvisionError::NotFound(_)) | Err(ProvisionError::Invalid(_)) => {
                 return Err(FleetError::BadRequest(format!("amis.{region}: {ami} does not exist in {region}")))
             }
-            Err(e) => return Err(FleetError::Internal(format!("checking {ami}: {e}"))),
+            Err(e) => return Err(FleetError::provider(format!("checking {ami}"))(e)),
         };
         if facts.state != "available" {
             return Err(FleetError::BadRequest(format!("amis.{region}: {ami} is {}, not available", facts.state)));

@@ -98,7 +98,8 @@ impl Fleet {
         let pem = match self.store.docker_ca_stored().await? {
             Some(pem) => pem,
             None => {
-                let fresh = DockerCa::generate(&self.install_id).map_err(|e| FleetError::Internal(e.to_string()))?;
+                let fresh =
+                    DockerCa::generate(&self.install_id).map_err(FleetError::other("generating the Docker CA"))?;
                 self.store.docker_ca(&fresh.pem).await?
             }
         };
@@ -146,7 +147,8 @@ impl Fleet {
         if task.executor == Executor::RemoteDocker.as_str() {
             let ca = self.docker_ca().await?;
             let valid = self.config.timeouts.long_running_task + Duration::from_secs(3600);
-            let client = ca.issue_client(task_id, valid).map_err(|e| FleetError::Internal(e.to_string()))?;
+            let client =
+                ca.issue_client(task_id, valid).map_err(FleetError::other("issuing the Docker client certificate"))?;
             self.store.set_docker_client(task_id, &client.cert, &client.key).await?;
         }
         let now = self.now();
@@ -192,24 +194,30 @@ impl Fleet {
                     zone,
                     tags: self.config.provider.tags.clone(),
                 };
-                let created =
-                    self.provider.create_volume(&spec).await.map_err(|e| FleetError::Internal(e.to_string()))?;
+                let created = self
+                    .provider
+                    .create_volume(&spec)
+                    .await
+                    .map_err(FleetError::provider("creating the DLC volume"))?;
                 self.store.set_volume_provider_id(&vol.id, &created.provider_id, self.now()).await?;
                 created.provider_id
             }
         };
         let instance = vm.instance_id.clone().unwrap_or_default();
-        self.provider.attach_volume(&provider_id, &instance).await.map_err(|e| FleetError::Internal(e.to_string()))?;
+        self.provider
+            .attach_volume(&provider_id, &instance)
+            .await
+            .map_err(FleetError::provider("attaching the DLC volume"))?;
         if let Some(script) = self.provider.data_root_script(&provider_id) {
             // A running VM (warm or on-demand): remount Docker's data root before the hand-over.
             let target = Self::ssh_target(vm)
                 .ok_or_else(|| FleetError::Internal(format!("vm {} has no SSH address yet", vm.id)))?;
             let session = ssh::wait_ready(&target, self.config.timeouts.ssh_connect)
                 .await
-                .map_err(|e| FleetError::Internal(format!("mounting the DLC volume: {e}")))?;
+                .map_err(FleetError::other("mounting the DLC volume"))?;
             let out = session.exec(&script).await;
             session.close().await;
-            let out = out.map_err(|e| FleetError::Internal(format!("mounting the DLC volume: {e}")))?;
+            let out = out.map_err(FleetError::other("mounting the DLC volume"))?;
             if out.exit_status != Some(0) {
                 return Err(FleetError::Internal(format!(
                     "mounting the DLC volume failed with status {:?}: {}",

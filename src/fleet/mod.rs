@@ -40,7 +40,8 @@ use crate::config::{requirement, Config, ProviderKind};
 use crate::metrics::Metrics;
 use crate::store::{short_id, AuditEvent, Db, NewVm, Store, StoreError, TaskRow, VmRow, VmState, VolumeRow};
 
-/// Errors the API maps to status codes.
+/// Errors the API maps to status codes. Store and provider errors keep their sources, so a
+/// caller can still tell a throttled or capacity-starved cloud from a broken request.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// The request names something that does not exist or does not fit (400).
@@ -52,9 +53,60 @@ pub enum FleetError {
     /// Conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
-    /// Database or provider trouble (500/503).
+    /// The database (500).
+    #[error("store: {0}")]
+    Store(#[source] StoreError),
+    /// A cloud call, with what was being done (503 when retrying may help, else 500).
+    #[error("{what}: {source}")]
+    Provider {
+        /// What was being done.
+        what: String,
+        /// The provider's error.
+        #[source]
+        source: ProvisionError,
+    },
+    /// Key or certificate generation, encoding, SSH set-up on a VM (500).
+    #[error("{what}: {source}")]
+    Other {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A broken invariant with no underlying error (500).
     #[error("{0}")]
     Internal(String),
+}
+
+impl FleetError {
+    /// Wraps a provider error with what was being done: `.map_err(FleetError::provider("describe"))`.
+    pub fn provider(what: impl Into<String>) -> impl FnOnce(ProvisionError) -> FleetError {
+        let what = what.into();
+        move |source| FleetError::Provider { what, source }
+    }
+
+    /// Wraps any other error with what was being done.
+    pub fn other<E: std::error::Error + Send + Sync + 'static>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> FleetError {
+        let what = what.into();
+        move |source| FleetError::Other { what, source: Box::new(source) }
+    }
+
+    /// Whether the same call may succeed later (throttling, capacity, a lost connection).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FleetError::Provider { source, .. } => {
+                matches!(
+                    source,
+                    ProvisionError::Throttled(_) | ProvisionError::InsufficientCapacity(_) | ProvisionError::Other(_)
+                )
+            }
+            FleetError::Store(StoreError::Db(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<StoreError> for FleetError {
@@ -62,7 +114,7 @@ impl From<StoreError> for FleetError {
         match e {
             StoreError::NotFound(m) => FleetError::NotFound(m),
             StoreError::Conflict(m) => FleetError::Conflict(m),
-            e => FleetError::Internal(e.to_string()),
+            e => FleetError::Store(e),
         }
     }
 }
@@ -348,7 +400,7 @@ impl Fleet {
     ) -> Result<VmRow, FleetError> {
         let (image_id, platform) = self.resolve_image(executor, image, resource_class)?;
         let id = format!("vm-{}", short_id());
-        let keys = ssh::generate_keypair(&id).map_err(|e| FleetError::Internal(e.to_string()))?;
+        let keys = ssh::generate_keypair(&id).map_err(FleetError::other("generating the VM's SSH key"))?;
         let pool = pool_key(executor.as_str(), image, resource_class);
         let new = NewVm {
             id,

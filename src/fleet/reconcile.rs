@@ -41,11 +41,8 @@ impl Fleet {
         // Other replicas may have registered or promoted images.
         self.refresh_catalog().await?;
         self.launch_requested().await?;
-        let instances = self
-            .provider
-            .describe(&self.install_id)
-            .await
-            .map_err(|e| FleetError::Internal(format!("describe instances: {e}")))?;
+        let instances =
+            self.provider.describe(&self.install_id).await.map_err(FleetError::provider("describe instances"))?;
         let by_id: HashMap<&str, &vmfleet_provisioner::Instance> =
             instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
 

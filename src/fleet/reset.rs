@@ -30,7 +30,7 @@ impl Fleet {
     /// # Errors
     /// Store or provider errors; the fleet stays paused when a step fails, so it can be rerun.
     pub async fn reset(&self) -> Result<ResetReport, FleetError> {
-        let cloud = |e: ProvisionError| FleetError::Internal(e.to_string());
+        let cloud = |e: ProvisionError| FleetError::provider("reset")(e);
         self.store.set_paused(true).await?;
         let mut report = ResetReport::default();
         let instances = self.provider.describe(&self.install_id).await.map_err(cloud)?;

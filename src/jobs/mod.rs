@@ -267,7 +267,7 @@ impl Jobs {
         let plan = self.plan(sub)?;
         let now = now_ms();
         let id = format!("job-{}", short_id());
-        let spec = serde_json::to_string(&plan).map_err(|e| FleetError::Internal(e.to_string()))?;
+        let spec = serde_json::to_string(&plan).map_err(FleetError::other("encoding the job"))?;
         let job = JobRow {
             id: id.clone(),
             number: 0,
