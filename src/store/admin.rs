@@ -54,8 +54,8 @@ impl Store {
         let ins = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
         let get = "SELECT value FROM meta WHERE key = $1";
         let pair: (String, String) = in_tx!(&self.db, |tx| {
-            sqlx::query(ins).bind("docker_ca_cert").bind(&fresh.cert).execute(&mut *tx).await?;
-            sqlx::query(ins).bind("docker_ca_key").bind(&fresh.key).execute(&mut *tx).await?;
+            execute_in!(tx, ins, "docker_ca_cert", &fresh.cert);
+            execute_in!(tx, ins, "docker_ca_key", &fresh.key);
             let cert: String = sqlx::query_scalar(get).bind("docker_ca_cert").fetch_one(&mut *tx).await?;
             let key: String = sqlx::query_scalar(get).bind("docker_ca_key").fetch_one(&mut *tx).await?;
             (cert, key)

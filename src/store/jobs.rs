@@ -20,42 +20,40 @@ impl Store {
         let pg = matches!(self.db, Db::Postgres(_));
         Ok(in_tx!(&self.db, |tx| {
             if pg {
-                sqlx::query("SELECT pg_advisory_xact_lock(7596232762)").execute(&mut *tx).await?;
+                execute_in!(tx, "SELECT pg_advisory_xact_lock(7596232762)");
             }
             let number: i64 =
                 sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM jobs").fetch_one(&mut *tx).await?;
-            sqlx::query(
+            execute_in!(
+                tx,
                 "INSERT INTO jobs (id, number, name, project, config_file, spec, pool, repo, revision, branch, \
                  deploy_key, parallelism, state, cancel_requested, queued_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', FALSE, $13)",
-            )
-            .bind(&job.id)
-            .bind(number)
-            .bind(&job.name)
-            .bind(&job.project)
-            .bind(&job.config_file)
-            .bind(&job.spec)
-            .bind(&job.pool)
-            .bind(&job.repo)
-            .bind(&job.revision)
-            .bind(&job.branch)
-            .bind(&job.deploy_key)
-            .bind(job.parallelism)
-            .bind(job.queued_at)
-            .execute(&mut *tx)
-            .await?;
+                &job.id,
+                number,
+                &job.name,
+                &job.project,
+                &job.config_file,
+                &job.spec,
+                &job.pool,
+                &job.repo,
+                &job.revision,
+                &job.branch,
+                &job.deploy_key,
+                job.parallelism,
+                job.queued_at
+            );
             for t in tasks {
-                sqlx::query(
+                execute_in!(
+                    tx,
                     "INSERT INTO job_tasks (id, job_id, node_index, project, state, attempt, queued_at) \
                      VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
-                )
-                .bind(&t.id)
-                .bind(&t.job_id)
-                .bind(t.node_index)
-                .bind(&t.project)
-                .bind(t.queued_at)
-                .execute(&mut *tx)
-                .await?;
+                    &t.id,
+                    &t.job_id,
+                    t.node_index,
+                    &t.project,
+                    t.queued_at
+                );
             }
             insert_audit!(&mut *tx, audit)?;
             number
@@ -287,18 +285,14 @@ impl Store {
             return Err(StoreError::Conflict(format!("job {} has already ended ({})", job.id, job.state)));
         }
         in_tx!(&self.db, |tx| {
-            sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1")
-                .bind(&job.id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
+            execute_in!(tx, "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1", &job.id);
+            execute_in!(
+                tx,
                 "UPDATE job_tasks SET state = 'canceled', finished_at = $2, failure_reason = 'the job was canceled' \
                  WHERE job_id = $1 AND state = 'queued'",
-            )
-            .bind(&job.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                &job.id,
+                now
+            );
         });
         self.job(&job.id).await
     }
@@ -362,20 +356,19 @@ impl Store {
         }
         in_tx!(&self.db, |tx| {
             for c in chunks {
-                sqlx::query(
+                execute_in!(
+                    tx,
                     "INSERT INTO job_output (job_task_id, attempt, seq, job_id, step, stream, data, at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&c.job_task_id)
-                .bind(c.attempt)
-                .bind(c.seq)
-                .bind(&c.job_id)
-                .bind(c.step)
-                .bind(&c.stream)
-                .bind(&c.data)
-                .bind(c.at)
-                .execute(&mut *tx)
-                .await?;
+                    &c.job_task_id,
+                    c.attempt,
+                    c.seq,
+                    &c.job_id,
+                    c.step,
+                    &c.stream,
+                    &c.data,
+                    c.at
+                );
             }
         });
         Ok(())

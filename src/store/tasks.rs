@@ -56,28 +56,21 @@ impl Store {
                 Some(vm) => {
                     let handed = !task.dlc;
                     if handed {
-                        sqlx::query("UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1")
-                            .bind(&task.id)
-                            .bind(&vm.id)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
+                        execute_in!(
+                            tx,
+                            "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1",
+                            &task.id,
+                            &vm.id,
+                            now
+                        );
                     } else {
-                        sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                            .bind(&task.id)
-                            .bind(&vm.id)
-                            .execute(&mut *tx)
-                            .await?;
+                        execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &vm.id);
                     }
                     Assignment { vm: Some(vm), warm: true, handed_over: handed }
                 }
                 None if room!(&mut *tx, pg, &on_demand.pool, bounds) => {
                     insert_vm!(&mut *tx, on_demand)?;
-                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                        .bind(&task.id)
-                        .bind(&on_demand.id)
-                        .execute(&mut *tx)
-                        .await?;
+                    execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &on_demand.id);
                     Assignment { vm: Some(on_demand.clone()), warm: false, handed_over: false }
                 }
                 None => Assignment { vm: None, warm: false, handed_over: false },
@@ -100,14 +93,13 @@ impl Store {
                 now
             );
             if t == 1 {
-                sqlx::query(
+                execute_in!(
+                    tx,
                     "UPDATE vms SET state = 'assigned', assigned_at = COALESCE(assigned_at, $2), state_since = $2 \
                      WHERE id = $1 AND state IN ('booting','ready','assigned')",
-                )
-                .bind(vm_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                    vm_id,
+                    now
+                );
             }
             t
         });
@@ -154,15 +146,14 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn fail_task(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError> {
         in_tx!(&self.db, |tx| {
-            sqlx::query(
+            execute_in!(
+                tx,
                 "UPDATE tasks SET state = 'failed', failure_reason = $2, released_at = $3 \
                  WHERE id = $1 AND state IN ('waiting','assigned')",
-            )
-            .bind(id)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                id,
+                reason,
+                now
+            );
             retire_task_resources!(tx, id, now);
         });
         Ok(())

@@ -45,11 +45,7 @@ impl Store {
             let ok = queued.is_some() && room!(&mut *tx, pg, &vm.pool, bounds);
             if ok {
                 insert_vm!(&mut *tx, vm)?;
-                sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                    .bind(task_id)
-                    .bind(&vm.id)
-                    .execute(&mut *tx)
-                    .await?;
+                execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", task_id, &vm.id);
             }
             ok
         }))
@@ -107,19 +103,11 @@ impl Store {
                 }
                 let taken = execute_in!(tx, "UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1 AND task_id IS NULL AND state = 'booting'", vm_id, task);
                 if taken == 1 {
-                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                        .bind(task)
-                        .bind(vm_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", task, vm_id);
                     given = Some(task.clone());
                 } else {
                     // This VM is no longer free: put the reservation back as it was.
-                    sqlx::query("UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1")
-                        .bind(old)
-                        .bind(task)
-                        .execute(&mut *tx)
-                        .await?;
+                    execute_in!(tx, "UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1", old, task);
                 }
                 break;
             }
@@ -154,18 +142,15 @@ impl Store {
             if claimed == 1 {
                 // A DLC task is handed over once its volume is attached.
                 if dlc == Some(true) {
-                    sqlx::query("UPDATE tasks SET vm_id = $2 WHERE id = $1")
-                        .bind(task_id)
-                        .bind(vm_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", task_id, vm_id);
                 } else {
-                    sqlx::query("UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1")
-                        .bind(task_id)
-                        .bind(vm_id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                    execute_in!(
+                        tx,
+                        "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1",
+                        task_id,
+                        vm_id,
+                        now
+                    );
                 }
             }
             claimed == 1
@@ -317,23 +302,23 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             if waiting.is_some() {
-                sqlx::query(&fail_vm).bind(lost_vm).bind(reason).bind(now).execute(&mut *tx).await?;
-                sqlx::query(
+                execute_in!(tx, &fail_vm, lost_vm, reason, now);
+                execute_in!(
+                    tx,
                     "UPDATE volumes SET state = CASE WHEN provider_id IS NULL THEN 'available' ELSE 'detaching' END, \
                      task_id = CASE WHEN provider_id IS NULL THEN NULL ELSE task_id END, \
                      vm_id = CASE WHEN provider_id IS NULL THEN NULL ELSE vm_id END, state_since = $2 \
                      WHERE task_id = $1 AND state IN ('creating','attaching','attached')",
-                )
-                .bind(task_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                    task_id,
+                    now
+                );
                 insert_vm!(&mut *tx, replacement)?;
-                sqlx::query("UPDATE tasks SET vm_id = $2, volume_id = NULL WHERE id = $1")
-                    .bind(task_id)
-                    .bind(&replacement.id)
-                    .execute(&mut *tx)
-                    .await?;
+                execute_in!(
+                    tx,
+                    "UPDATE tasks SET vm_id = $2, volume_id = NULL WHERE id = $1",
+                    task_id,
+                    &replacement.id
+                );
             }
             waiting.is_some()
         });

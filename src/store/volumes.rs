@@ -60,7 +60,7 @@ impl Store {
                             let mut room = true;
                             if let Some(max) = max_volumes {
                                 if pg {
-                                    sqlx::query("SELECT pg_advisory_xact_lock(7596232762)").execute(&mut *tx).await?;
+                                    execute_in!(tx, "SELECT pg_advisory_xact_lock(7596232762)");
                                 }
                                 let n: i64 = sqlx::query_scalar(
                                     "SELECT COUNT(*) FROM volumes WHERE state NOT IN ('deleted','deleting')",
@@ -68,16 +68,16 @@ impl Store {
                                 .fetch_one(&mut *tx)
                                 .await?;
                                 if n >= i64::from(max) {
-                                    let evicted = sqlx::query(&format!(
-                                        "UPDATE volumes SET state = 'deleting', state_since = $1 WHERE id = \
-                                         (SELECT id FROM volumes WHERE state = 'available' AND task_id IS NULL \
-                                         ORDER BY last_used_at, id LIMIT 1{}) AND state = 'available'",
-                                        self.lock_clause()
-                                    ))
-                                    .bind(now)
-                                    .execute(&mut *tx)
-                                    .await?
-                                    .rows_affected();
+                                    let evicted = execute_in!(
+                                        tx,
+                                        &format!(
+                                            "UPDATE volumes SET state = 'deleting', state_since = $1 WHERE id = \
+                                             (SELECT id FROM volumes WHERE state = 'available' AND task_id IS NULL \
+                                             ORDER BY last_used_at, id LIMIT 1{}) AND state = 'available'",
+                                            self.lock_clause()
+                                        ),
+                                        now
+                                    );
                                     room = evicted == 1;
                                 }
                             }
@@ -92,11 +92,7 @@ impl Store {
                 }
             };
             if let Some(vol) = &vol {
-                sqlx::query("UPDATE tasks SET volume_id = $2 WHERE id = $1")
-                    .bind(&task.id)
-                    .bind(&vol.id)
-                    .execute(&mut *tx)
-                    .await?;
+                execute_in!(tx, "UPDATE tasks SET volume_id = $2 WHERE id = $1", &task.id, &vol.id);
             }
             vol
         }))
