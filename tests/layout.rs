@@ -31,11 +31,23 @@ fn crate_refs(text: &str) -> BTreeSet<String> {
     while let Some(i) = rest.find("crate::") {
         let after = &rest[i + "crate::".len()..];
         if let Some(group) = after.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for part in group[..end].split(',') {
-                let name = ident(part.trim());
-                if !name.is_empty() {
-                    out.insert(name);
+            // The first path segment of each top-level item of the group; nested groups skipped.
+            let mut depth = 0;
+            let mut start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if start && !c.is_whitespace() => {
+                        let name = ident(&group[i..]);
+                        if !name.is_empty() {
+                            out.insert(name);
+                        }
+                        start = false;
+                    }
+                    _ => {}
                 }
             }
         } else {
@@ -94,7 +106,9 @@ fn no_source_file_is_over_the_limit() {
 
 #[test]
 fn the_reference_reader_sees_both_forms() {
-    let refs = crate_refs("use crate::{store::Store, fleet};\n// crate::api is a comment\nlet x = crate::jobs::f();\n");
+    let refs = crate_refs(
+        "use crate::{store::{Store, VmRow}, fleet};\n// crate::api is a comment\nlet x = crate::jobs::f();\n",
+    );
     assert_eq!(refs, BTreeSet::from(["fleet".to_string(), "jobs".to_string(), "store".to_string()]));
 }
 

@@ -5,15 +5,14 @@ use super::*;
 impl Config {
     /// The EC2 driver's settings (shared with the Auto Scaling and CloudWatch clients).
     pub fn ec2_settings(&self) -> vmfleet_provisioner::ec2::Ec2Settings {
-        let config = self;
-        let e = &config.provider.ec2;
+        let e = &self.provider.ec2;
         vmfleet_provisioner::ec2::Ec2Settings {
             region: e.region.clone(),
             endpoint_url: e.endpoint_url.clone(),
             subnet_ids: e.subnet_ids.clone(),
             security_group_id: e.security_group_id.clone(),
             instance_profile: e.instance_profile.clone(),
-            use_public_ip: config.provider.use_public_ip,
+            use_public_ip: self.provider.use_public_ip,
             access_key_id: e.access_key_id.clone(),
             secret_access_key: e.secret_access_key.as_ref().map(|s| s.0.clone()),
             ssh_address_override: e.ssh_address_override.clone(),
@@ -23,7 +22,7 @@ impl Config {
             throttle_retries: e.throttle_retries,
             proxy: {
                 let env = vmfleet_provisioner::ec2::ProxySettings::from_env(|k| std::env::var(k).ok());
-                let p = &config.proxy;
+                let p = &self.proxy;
                 vmfleet_provisioner::ec2::ProxySettings {
                     http: p.http.as_ref().map(|s| s.0.clone()).or(env.http),
                     https: p.https.as_ref().map(|s| s.0.clone()).or(env.https),
