@@ -21,22 +21,34 @@ impl Cloud {
         Self { boot_median_s: m, boot_sigma: (q / m).ln() / 1.644_854, capacity_errors }
     }
 
-    /// A boot of a VM of `pool`, ms: Windows 2.5x, GPU 1.5x.
-    pub(crate) fn boot_ms(&self, rng: &mut rand::rngs::StdRng, pool: &str) -> i64 {
-        let factor = if pool.contains("windows") {
+    fn factor(pool: &str) -> f64 {
+        if pool.contains("windows") {
             2.5
         } else if pool.contains("gpu") {
             1.5
         } else {
             1.0
-        };
-        let mut ms = lognormal_ms(rng, self.boot_median_s * factor, self.boot_sigma);
+        }
+    }
+
+    /// A boot of a VM of `pool`, ms: Windows 2.5x, GPU 1.5x.
+    pub(crate) fn boot_ms(&self, rng: &mut rand::rngs::StdRng, pool: &str) -> i64 {
+        let mut ms = lognormal_ms(rng, self.boot_median_s * Self::factor(pool), self.boot_sigma);
         let mut tries = 0;
         while tries < 5 && rng.random::<f64>() < self.capacity_errors {
             ms += 30_000;
             tries += 1;
         }
         ms
+    }
+
+    /// The expected boot of a VM of `pool`, ms: the log-normal's mean and the expected capacity
+    /// retries. What the clairvoyant bound pays per task.
+    pub fn mean_boot_ms(&self, pool: &str) -> f64 {
+        let lognormal = self.boot_median_s * Self::factor(pool) * (self.boot_sigma * self.boot_sigma / 2.0).exp();
+        let p = self.capacity_errors.clamp(0.0, 1.0);
+        let retries: f64 = (1..=5).map(|k| p.powi(k)).sum();
+        (lognormal + 30.0 * retries) * 1000.0
     }
 }
 

@@ -15,7 +15,7 @@ use vmfleet_scaler::forecast::History;
 use vmfleet_scaler::{BootWaiter, IdleVm, PoolObservation, QueuedTask, ScaleAction, VmPhase, VmView};
 
 use crate::cloud::{lognormal_ms, Cloud};
-use crate::report::{pct, Outcome, Series};
+use crate::report::{pct, ratio, Outcome, Series};
 use crate::trace::Trace;
 
 /// A policy under test: vmfleet's or a baseline's planner.
@@ -94,6 +94,8 @@ struct PoolSim {
     terminations: u64,
     dlc: u64,
     dlc_hits: u64,
+    /// Tasks that found a ready VM on arrival.
+    warm_hits: u64,
 }
 
 impl PoolSim {
@@ -359,6 +361,7 @@ impl<'a> Sim<'a> {
         let idle = self.pools[pool].idle_vms();
         if let Some(&i) = vmfleet_scaler::claim_order(&idle).first() {
             if let Some(vm) = parse_vm(&idle[i].vm_id) {
+                self.pools[pool].warm_hits += 1;
                 self.start_task(pool, vm, task);
                 return;
             }
@@ -547,16 +550,23 @@ impl<'a> Sim<'a> {
         let mut total = Outcome::default();
         let mut all_q: Vec<f64> = Vec::new();
         let mut pools = std::collections::BTreeMap::new();
-        let (mut dlc, mut hits) = (0u64, 0u64);
-        for (p, key) in self.pools.iter().zip(&self.trace.pools) {
+        let (mut dlc, mut hits, mut warm_hits) = (0u64, 0u64, 0u64);
+        let mut oracle_ms = vec![0.0; self.pools.len()];
+        for t in &self.trace.tasks {
+            oracle_ms[t.pool] += t.dur as f64 + self.cloud.mean_boot_ms(&self.trace.pools[t.pool]);
+        }
+        for ((p, key), oracle_ms) in self.pools.iter().zip(&self.trace.pools).zip(oracle_ms) {
             let mut q = p.queue.clone();
             q.sort_by(f64::total_cmp);
-            let o = summarize(&q, p, crate::report::price_of(key, &[]));
+            let o = summarize(&q, p, crate::report::price_of(key, &[]), oracle_ms / 3_600_000.0);
             all_q.extend_from_slice(&q);
             total.busy_vm_hours += o.busy_vm_hours;
             total.idle_vm_hours += o.idle_vm_hours;
             total.booting_vm_hours += o.booting_vm_hours;
             total.cost += o.cost;
+            total.oracle_vm_hours += o.oracle_vm_hours;
+            total.oracle_cost += o.oracle_cost;
+            warm_hits += p.warm_hits;
             total.launches += o.launches;
             total.cycles += o.cycles;
             total.terminations += o.terminations;
@@ -573,12 +583,15 @@ impl<'a> Sim<'a> {
         total.vm_hours = total.busy_vm_hours + total.idle_vm_hours + total.booting_vm_hours;
         total.idle_overhead = (total.idle_vm_hours + total.booting_vm_hours) / total.busy_vm_hours.max(1e-9);
         total.dlc_hit_rate = if dlc == 0 { 0.0 } else { hits as f64 / dlc as f64 };
+        total.warm_hit_rate = ratio(warm_hits as f64, total.tasks as f64);
+        total.vm_hours_vs_oracle = ratio(total.vm_hours, total.oracle_vm_hours);
+        total.cost_vs_oracle = ratio(total.cost, total.oracle_cost);
         total.pools = Some(pools);
         total
     }
 }
 
-fn summarize(q: &[f64], p: &PoolSim, price: f64) -> Outcome {
+fn summarize(q: &[f64], p: &PoolSim, price: f64, oracle_vm_hours: f64) -> Outcome {
     let hours = p.acc_busy + p.acc_idle + p.acc_boot;
     Outcome {
         tasks: q.len() as u64,
@@ -593,6 +606,11 @@ fn summarize(q: &[f64], p: &PoolSim, price: f64) -> Outcome {
         idle_overhead: (p.acc_idle + p.acc_boot) / p.acc_busy.max(1e-9),
         cost: hours * price,
         dlc_hit_rate: if p.dlc == 0 { 0.0 } else { p.dlc_hits as f64 / p.dlc as f64 },
+        warm_hit_rate: ratio(p.warm_hits as f64, q.len() as f64),
+        oracle_vm_hours,
+        oracle_cost: oracle_vm_hours * price,
+        vm_hours_vs_oracle: ratio(hours, oracle_vm_hours),
+        cost_vs_oracle: ratio(hours * price, oracle_vm_hours * price),
         launches: p.launches,
         cycles: p.cycles,
         terminations: p.terminations,

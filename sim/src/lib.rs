@@ -276,6 +276,43 @@ mod tests {
         let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut warm, false);
         assert!(o.p50_queue_s <= 90.0 && o.max_queue_s >= 89.0, "the first task arrives before the pool is warm");
         assert!(o.idle_vm_hours > 0.9, "the warm VM idles most of the hour: {}", o.idle_vm_hours);
+        assert!((o.warm_hit_rate - 0.5).abs() < 1e-9, "only the second task finds a ready VM: {o:?}");
+    }
+
+    #[test]
+    fn the_clairvoyant_bound_is_each_task_and_one_boot() {
+        let t = trace(vec![
+            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
+        ]);
+        // A fixed 90 s boot and no capacity errors: on demand pays exactly the bound.
+        let cloud = Cloud::new(Duration::from_secs(90), Duration::from_secs(90), 0.0);
+        let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut Static { n: vec![0] }, false);
+        assert!((o.oracle_vm_hours - 300.0 / 3600.0).abs() < 1e-9, "{o:?}");
+        assert!((o.vm_hours_vs_oracle - 1.0).abs() < 1e-6, "on demand, nothing idles: {o:?}");
+        assert!((o.oracle_cost - o.oracle_vm_hours * price_of("machine/default/medium", &[])).abs() < 1e-9);
+        assert_eq!(o.warm_hit_rate, 0.0);
+        // A warm VM kept all hour costs more than the bound.
+        let (w, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut Static { n: vec![1] }, false);
+        assert_eq!(w.oracle_vm_hours, o.oracle_vm_hours, "the bound depends on the trace, not the policy");
+        assert!(w.vm_hours_vs_oracle > 5.0 && w.cost_vs_oracle > 5.0, "{w:?}");
+        // Repricing moves the bound's cost with the fleet's.
+        let mut r = w.clone();
+        reprice(&mut r, &[("medium".into(), 1.0)]);
+        assert!((r.oracle_cost - r.oracle_vm_hours).abs() < 1e-9 && (r.cost_vs_oracle - w.cost_vs_oracle).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_expected_boot_is_the_mean_of_the_drawn_ones() {
+        use rand::SeedableRng;
+        let cloud = Cloud::new(Duration::from_secs(90), Duration::from_secs(180), 0.2);
+        for pool in ["machine/default/medium", "machine/windows-default/windows.medium"] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let n = 200_000;
+            let mean = (0..n).map(|_| cloud.boot_ms(&mut rng, pool) as f64).sum::<f64>() / f64::from(n);
+            let want = cloud.mean_boot_ms(pool);
+            assert!((mean - want).abs() / want < 0.01, "{pool}: drawn mean {mean}, expected {want}");
+        }
     }
 
     #[test]

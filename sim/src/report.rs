@@ -38,6 +38,18 @@ pub struct Outcome {
     pub cost: f64,
     /// Share of DLC tasks that found their project's volume.
     pub dlc_hit_rate: f64,
+    /// Share of tasks that found a ready VM on arrival.
+    pub warm_hit_rate: f64,
+    /// The clairvoyant bound: every VM launched exactly one boot before its task arrives, so
+    /// nothing queues and nothing idles; its VM-hours are each task's duration and one expected
+    /// boot of its pool (DLC volume time left out, so the bound is, if anything, low).
+    pub oracle_vm_hours: f64,
+    /// The bound's cost at the same prices.
+    pub oracle_cost: f64,
+    /// `vm_hours` over the bound's.
+    pub vm_hours_vs_oracle: f64,
+    /// `cost` over the bound's.
+    pub cost_vs_oracle: f64,
     /// Instances launched.
     pub launches: u64,
     /// Warm VMs replaced for age.
@@ -75,12 +87,27 @@ pub fn price_of(pool: &str, overrides: &[(String, f64)]) -> f64 {
 /// Prices every pool of `o` at `prices` (`CLASS`, USD an hour) over the defaults.
 pub fn reprice(o: &mut Outcome, prices: &[(String, f64)]) {
     let Some(pools) = o.pools.as_mut() else { return };
-    let mut cost = 0.0;
+    let (mut cost, mut oracle) = (0.0, 0.0);
     for (key, p) in pools.iter_mut() {
-        p.cost = p.vm_hours * price_of(key, prices);
+        let price = price_of(key, prices);
+        p.cost = p.vm_hours * price;
+        p.oracle_cost = p.oracle_vm_hours * price;
+        p.cost_vs_oracle = ratio(p.cost, p.oracle_cost);
         cost += p.cost;
+        oracle += p.oracle_cost;
     }
     o.cost = cost;
+    o.oracle_cost = oracle;
+    o.cost_vs_oracle = ratio(cost, oracle);
+}
+
+/// `a / b`, 0 where `b` is.
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
 }
 
 /// Points no other point beats on both cost and p95, cheapest first.

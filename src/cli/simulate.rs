@@ -129,13 +129,31 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
         args.boot_time_p95.as_secs(),
         args.seed
     );
+    if let Some(o) = results.first().map(|r| &r.outcome) {
+        println!(
+            "clairvoyant bound (each VM launched one boot before its task; nothing queues or idles): {:.0} VM-h, ${:.0}",
+            o.oracle_vm_hours, o.oracle_cost
+        );
+    }
     println!(
-        "{:<36} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>9} {:>6}",
-        "policy", "p50 s", "p95 s", "p99 s", "max s", "VM-h", "idle+boot", "overhead", "cost $", "DLC hit"
+        "{:<36} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>9} {:>7} {:>7} {:>8} {:>7}",
+        "policy",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "max s",
+        "VM-h",
+        "idle+boot",
+        "overhead",
+        "cost $",
+        "VM-h/b",
+        "cost/b",
+        "warm hit",
+        "DLC hit"
     );
     for Run { name, outcome: o, .. } in &results {
         println!(
-            "{:<36} {:>7.1} {:>7.1} {:>7.1} {:>7.0} {:>9.0} {:>9.0} {:>8.2} {:>9.0} {:>6.0}%",
+            "{:<36} {:>7.1} {:>7.1} {:>7.1} {:>7.0} {:>9.0} {:>9.0} {:>8.2} {:>9.0} {:>7.2} {:>7.2} {:>7.0}% {:>6.0}%",
             name,
             o.p50_queue_s,
             o.p95_queue_s,
@@ -145,6 +163,9 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
             o.idle_vm_hours + o.booting_vm_hours,
             o.idle_overhead,
             o.cost,
+            o.vm_hours_vs_oracle,
+            o.cost_vs_oracle,
+            o.warm_hit_rate * 100.0,
             o.dlc_hit_rate * 100.0
         );
     }
@@ -153,8 +174,16 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
             println!("\n{name} per pool:");
             for (pool, p) in o.pools.iter().flatten() {
                 println!(
-                    "  {:<40} {:>6} tasks  p95 {:>6.1} s  VM-h {:>7.0}  launches {:>6}  cycles {:>4}  retired {:>5}",
-                    pool, p.tasks, p.p95_queue_s, p.vm_hours, p.launches, p.cycles, p.terminations
+                    "  {:<40} {:>6} tasks  p95 {:>6.1} s  VM-h {:>7.0} ({:.2}x bound)  warm hit {:>3.0}%  launches {:>6}  cycles {:>4}  retired {:>5}",
+                    pool,
+                    p.tasks,
+                    p.p95_queue_s,
+                    p.vm_hours,
+                    p.vm_hours_vs_oracle,
+                    p.warm_hit_rate * 100.0,
+                    p.launches,
+                    p.cycles,
+                    p.terminations
                 );
             }
         }
@@ -167,7 +196,16 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
             let front = vmfleet_sim::frontier(&pts);
             println!("  {fam}:");
             for Run { name, outcome: o, .. } in front {
-                println!("    {:<34} p95 {:>7.1} s   {:>7.0} VM-h   ${:>8.0}", name, o.p95_queue_s, o.vm_hours, o.cost);
+                println!(
+                    "    {:<34} p95 {:>7.1} s   {:>7.0} VM-h ({:.2}x bound)   ${:>8.0} ({:.2}x)   warm hit {:>3.0}%",
+                    name,
+                    o.p95_queue_s,
+                    o.vm_hours,
+                    o.vm_hours_vs_oracle,
+                    o.cost,
+                    o.cost_vs_oracle,
+                    o.warm_hit_rate * 100.0
+                );
             }
         }
     }
