@@ -171,10 +171,13 @@ impl Policies {
                 .map_err(|e| ConfigError { origin: f.display().to_string(), message: e.to_string() })?;
             texts.push((f, text));
         }
-        Self::from_texts(&texts, config)
+        let out = Self::from_texts(&texts, config)?;
+        crate::config::refuse_stopped_tier(&out.pools, &dir.display().to_string())?;
+        Ok(out)
     }
 
-    /// Reads one file on top of `config` (what `vmfleet policies validate FILE` checks).
+    /// Reads one file on top of `config` (what `vmfleet policies validate FILE` and `vmfleet
+    /// simulate --policy` read; a stopped tier is accepted here, for the simulator).
     ///
     /// # Errors
     /// [`ConfigError`] naming the file, line and key.
@@ -475,5 +478,31 @@ asg_policies:
         assert_eq!(line_of_path(TEXT, &["pools", "1", "schedules", "0", "min_idle"]), Some(10));
         assert_eq!(line_of_path(TEXT, &["asg_policies", "0", "termination_hook", "heartbeat_timeout"]), Some(15));
         assert_eq!(line_of_path(TEXT, &["pools", "0", "schedules"]), Some(4), "the deepest part found");
+    }
+
+    #[test]
+    fn a_stopped_tier_is_checked_simulated_and_refused_by_the_service() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("stopped.yaml");
+        let good = "pools:\n  - executor: machine\n    max_instances: 5\n    stopped: {min: 2, max: 4, forecast: {quantile: 1.0}}\n";
+        std::fs::write(&file, good).expect("write");
+        let config = Config::default();
+        let p = Policies::load_file(&file, &config).expect("the simulator reads it");
+        let st = p.pools[0].stopped.expect("stopped");
+        assert_eq!((st.min, st.max), (2, Some(4)));
+        let policy = crate::fleet::scaler_policy(&p.pools[0], None);
+        assert_eq!((policy.min_stopped, policy.max_stopped), (2, Some(4)));
+        let e = Policies::load_dir(dir.path(), &config).expect_err("the service refuses it");
+        assert!(e.message.contains("machine/default/medium") && e.message.contains("stopped"), "{e}");
+        for (bad, key) in [
+            ("stopped: {min: 3, max: 2}", "stopped.max"),
+            ("max_instances: 2\n    stopped: {min: 3}", "stopped.min"),
+            ("stopped: {forecast: {quantile: 2}}", "stopped.forecast.quantile"),
+            ("stopped: {mni: 1}", "mni"),
+        ] {
+            std::fs::write(&file, format!("pools:\n  - executor: machine\n    {bad}\n")).expect("write");
+            let e = Policies::load_file(&file, &config).expect_err(bad);
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 }

@@ -108,6 +108,8 @@ async fn one_snapshot_gives_the_same_actions_in_the_service_and_the_simulator() 
             ScaleAction::LaunchForTasks { task_ids, .. } => format!("for {}", task_ids.join(",")),
             ScaleAction::Launch { count, .. } => format!("launch {count}"),
             ScaleAction::Terminate { vm_id, .. } => format!("retire {vm_id}"),
+            ScaleAction::Start { vm_id, .. } => format!("start {vm_id}"),
+            ScaleAction::LaunchStopped { count, .. } => format!("launch stopped {count}"),
         })
         .collect();
     assert_eq!(

@@ -19,10 +19,12 @@ pub mod forecast;
 pub mod observe;
 pub mod schedule;
 pub mod step;
+pub mod stopped;
 
 pub use claim::{boot_waiter_order, claim_order, fair_order, room, target_floor, BootWaiter};
 pub use observe::{observe, VmPhase, VmView};
 pub use schedule::{CronWindow, Window};
+pub use stopped::stopped_target;
 
 /// Pool key of a task or VM: `executor/image/resource_class`.
 pub fn pool_key(executor: &str, image: &str, resource_class: &str) -> String {
@@ -69,12 +71,21 @@ pub struct PoolObservation {
     pub retiring: u32,
     /// Tasks waiting without a VM, in any order.
     pub queued: Vec<QueuedTask>,
+    /// Pre-initialized stopped VMs (`ready_at_ms`: when they stopped).
+    pub stopped: Vec<IdleVm>,
+    /// VMs launched for the stopped tier, booting once or stopping.
+    pub initializing: u32,
 }
 
 impl PoolObservation {
     /// Every instance of the pool, in every state.
     pub fn total(&self) -> u32 {
-        self.idle.len() as u32 + self.starting + self.busy + self.retiring
+        self.idle.len() as u32
+            + self.starting
+            + self.busy
+            + self.retiring
+            + self.stopped.len() as u32
+            + self.initializing
     }
 }
 
@@ -98,6 +109,12 @@ pub struct PoolPolicy {
     /// A floor under the warm target (from step scaling and the forecast; see
     /// [`target_floor`]); the target is at least this.
     pub step_target: Option<u32>,
+    /// Stopped VMs to keep behind the running ones.
+    pub min_stopped: u32,
+    /// Most stopped VMs (they count against `max_instances` too).
+    pub max_stopped: Option<u32>,
+    /// A floor under the stopped target (its forecast).
+    pub stopped_floor: Option<u32>,
 }
 
 impl PoolPolicy {
@@ -151,6 +168,34 @@ pub enum ScaleReason {
         /// The warm target.
         target: u32,
     },
+    /// A stopped VM started for a task that found no running idle VM.
+    StoppedForQueued,
+    /// Fewer stopped VMs (stopped and initializing) than the stopped target.
+    StoppedBelowTarget {
+        /// Fresh stopped VMs, and those initializing.
+        stopped: u32,
+        /// The stopped target.
+        target: u32,
+        /// Launches the bounds hold back.
+        held_back: u32,
+    },
+    /// A stopped VM of an outdated image or older than `max_age`, retired because the fresh
+    /// stopped VMs alone meet the stopped target.
+    StoppedStale {
+        /// Outdated image rather than age.
+        outdated: bool,
+        /// Fresh stopped VMs.
+        fresh: u32,
+        /// The stopped target.
+        target: u32,
+    },
+    /// Stopped above the stopped target for longer than the idle timeout.
+    StoppedAboveTarget {
+        /// Stopped VMs.
+        stopped: u32,
+        /// The stopped target.
+        target: u32,
+    },
     /// A rule of another system's policy (the simulator's baselines).
     Baseline(&'static str),
 }
@@ -158,7 +203,7 @@ pub enum ScaleReason {
 impl ScaleReason {
     /// Whether this retires a VM for its age (daily cycling).
     pub fn is_cycle(&self) -> bool {
-        matches!(self, ScaleReason::Stale { outdated: false, .. })
+        matches!(self, ScaleReason::Stale { outdated: false, .. } | ScaleReason::StoppedStale { outdated: false, .. })
     }
 }
 
@@ -189,6 +234,21 @@ impl std::fmt::Display for ScaleReason {
             }
             ScaleReason::IdleAboveTarget { idle, target } => {
                 write!(f, "{idle} idle above the target {target} for longer than the idle timeout")
+            }
+            ScaleReason::StoppedForQueued => write!(f, "a stopped VM started for a task that found no idle one"),
+            ScaleReason::StoppedBelowTarget { stopped, target, held_back } => {
+                write!(f, "{stopped} stopped of target {target}")?;
+                if *held_back > 0 {
+                    write!(f, "; {held_back} held back by max_instances")?;
+                }
+                Ok(())
+            }
+            ScaleReason::StoppedStale { outdated, fresh, target } => {
+                let why = if *outdated { "outdated image" } else { "older than max_age" };
+                write!(f, "stopped, {why}; {fresh} fresh stopped meet the target {target}")
+            }
+            ScaleReason::StoppedAboveTarget { stopped, target } => {
+                write!(f, "{stopped} stopped above the target {target} for longer than the idle timeout")
             }
             ScaleReason::Baseline(rule) => write!(f, "{rule}"),
         }
@@ -227,7 +287,27 @@ pub enum ScaleAction {
         /// Why, for logs and the audit trail.
         reason: ScaleReason,
     },
-    /// Retire an idle VM.
+    /// Start a stopped VM: for a queued task, or (no task) for the running warm target.
+    Start {
+        /// Pool key.
+        pool: String,
+        /// The stopped VM.
+        vm_id: String,
+        /// The queued task it is started for.
+        task_id: Option<String>,
+        /// Why.
+        reason: ScaleReason,
+    },
+    /// Launch `count` VMs for the stopped tier: each boots once until it answers, then stops.
+    LaunchStopped {
+        /// Pool key.
+        pool: String,
+        /// How many.
+        count: u32,
+        /// Why.
+        reason: ScaleReason,
+    },
+    /// Retire an idle or stopped VM.
     Terminate {
         /// Pool key.
         pool: String,
@@ -256,7 +336,7 @@ fn jitter_ms(vm_id: &str, max_age_ms: i64) -> i64 {
 }
 
 /// Whether an idle VM is due for replacement: outdated image, or older than `max_age`.
-fn stale(vm: &IdleVm, policy: &PoolPolicy, now_ms: i64) -> bool {
+pub(crate) fn stale(vm: &IdleVm, policy: &PoolPolicy, now_ms: i64) -> bool {
     vm.outdated || policy.max_age_ms.is_some_and(|m| now_ms - vm.launched_at_ms > m - jitter_ms(&vm.vm_id, m))
 }
 
@@ -276,8 +356,8 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
         let had_queued = !seen.queued.is_empty();
         // One fair order for the pass: idle VMs go to its first tasks, launches to the next.
         let order = fair_order(&seen.queued);
-        let assigned = seen.queued.len().min(claim_order(&seen.idle).len());
         let obs = assign_queued(seen, &mut actions);
+        let assigned = seen.queued.len() - obs.queued.len();
         let target = warm_target(&obs, policy, now_ms);
         let mut pool_total = obs.total();
         let room = |pool_total: u32, fleet_total: u32| room(pool_total, policy.max_instances, fleet_total, fleet_max);
@@ -299,6 +379,22 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
         let stale_n = obs.idle.iter().filter(|v| stale(v, policy, now_ms)).count() as u32;
         let fresh_idle = obs.idle.len() as u32 - stale_n;
         let fresh_warm = fresh_idle + obs.starting;
+        // Below the running target, stopped VMs start first: a start is faster than a boot.
+        let mut started: Vec<usize> = Vec::new();
+        if fresh_warm < target {
+            started = claim_order(&obs.stopped).into_iter().take((target - fresh_warm) as usize).collect();
+            for &i in &started {
+                let reason =
+                    ScaleReason::BelowTarget { warm: fresh_warm, target, replacing: 0, replace_now: 0, held_back: 0 };
+                actions.push(ScaleAction::Start {
+                    pool: obs.pool.clone(),
+                    vm_id: obs.stopped[i].vm_id.clone(),
+                    task_id: None,
+                    reason,
+                });
+            }
+        }
+        let fresh_warm = fresh_warm + started.len() as u32;
         if fresh_warm < target {
             let deficit = target - fresh_warm;
             // Of the deficit, what stale VMs still cover is a replacement, and rate-limited.
@@ -308,6 +404,7 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
             let want = deficit - replacing + replace_now;
             let count = want.min(room(pool_total, fleet_total));
             if count > 0 {
+                pool_total += count;
                 fleet_total += count;
                 let reason = ScaleReason::BelowTarget {
                     warm: fresh_warm,
@@ -343,6 +440,16 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
                 actions.push(ScaleAction::Terminate { pool: obs.pool.clone(), vm_id: vm.vm_id.clone(), reason });
             }
         }
+        stopped::plan_stopped(
+            &obs,
+            policy,
+            &started,
+            had_queued,
+            now_ms,
+            room(pool_total, fleet_total),
+            &mut actions,
+            &mut fleet_total,
+        );
     }
     actions
 }
@@ -351,7 +458,7 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
 /// pool as it is after those assignments.
 pub fn assign_queued(obs: &PoolObservation, actions: &mut Vec<ScaleAction>) -> PoolObservation {
     let mut after = obs.clone();
-    if obs.queued.is_empty() || obs.idle.is_empty() {
+    if obs.queued.is_empty() || (obs.idle.is_empty() && obs.stopped.is_empty()) {
         return after;
     }
     let pairs: Vec<(usize, usize)> = fair_order(&obs.queued).into_iter().zip(claim_order(&obs.idle)).collect();
@@ -366,10 +473,25 @@ pub fn assign_queued(obs: &PoolObservation, actions: &mut Vec<ScaleAction>) -> P
         tasks_taken.push(t);
         vms_taken.push(v);
     }
-    after.busy += vms_taken.len() as u32;
+    // The tasks still without a VM take stopped VMs, in the same orders.
+    let rest: Vec<usize> = fair_order(&obs.queued).into_iter().filter(|t| !tasks_taken.contains(t)).collect();
+    let mut stopped_taken = Vec::new();
+    for (t, v) in rest.into_iter().zip(claim_order(&obs.stopped)) {
+        actions.push(ScaleAction::Start {
+            pool: obs.pool.clone(),
+            vm_id: obs.stopped[v].vm_id.clone(),
+            task_id: Some(obs.queued[t].task_id.clone()),
+            reason: ScaleReason::StoppedForQueued,
+        });
+        tasks_taken.push(t);
+        stopped_taken.push(v);
+    }
+    after.busy += (vms_taken.len() + stopped_taken.len()) as u32;
     after.queued =
         obs.queued.iter().enumerate().filter(|(i, _)| !tasks_taken.contains(i)).map(|(_, q)| q.clone()).collect();
     after.idle = obs.idle.iter().enumerate().filter(|(i, _)| !vms_taken.contains(i)).map(|(_, v)| v.clone()).collect();
+    after.stopped =
+        obs.stopped.iter().enumerate().filter(|(i, _)| !stopped_taken.contains(i)).map(|(_, v)| v.clone()).collect();
     after
 }
 
@@ -607,6 +729,7 @@ mod tests {
                         idle.retain(|v| v.vm_id != vm_id);
                     }
                     ScaleAction::LaunchForTasks { .. } | ScaleAction::Assign { .. } => panic!("no tasks"),
+                    ScaleAction::Start { .. } | ScaleAction::LaunchStopped { .. } => panic!("no stopped tier"),
                 }
             }
             assert!(idle.len() >= target, "step {step}: ready count fell below target");

@@ -12,6 +12,11 @@ pub enum VmPhase {
     Ready,
     /// Handed to a task.
     Assigned,
+    /// Launched for the stopped tier: booting once, then stopping.
+    Initializing,
+    /// Pre-initialized and stopped: paid for its volume only, started for a task or the
+    /// running target.
+    Stopped,
     /// Being released or terminated: still an instance until it is gone.
     Retiring,
     /// Terminated or failed.
@@ -54,6 +59,13 @@ pub fn observe<'a>(key: &str, vms: impl IntoIterator<Item = VmView<'a>>, queued:
                 outdated: vm.outdated,
             }),
             VmPhase::Starting if !vm.has_task => obs.starting += 1,
+            VmPhase::Stopped if !vm.draining && !vm.has_task => obs.stopped.push(IdleVm {
+                vm_id: vm.id.to_string(),
+                ready_at_ms: vm.ready_at_ms.unwrap_or(vm.requested_at_ms),
+                launched_at_ms: vm.requested_at_ms,
+                outdated: vm.outdated,
+            }),
+            VmPhase::Initializing => obs.initializing += 1,
             VmPhase::Retiring => obs.retiring += 1,
             VmPhase::Done => {}
             _ => obs.busy += 1,
@@ -86,11 +98,15 @@ mod tests {
             v("busy", VmPhase::Assigned, true, false),
             v("going", VmPhase::Retiring, false, false),
             v("gone", VmPhase::Done, false, false),
+            v("cold", VmPhase::Stopped, false, false),
+            v("init", VmPhase::Initializing, false, false),
             VmView { pool: "other", ..v("x", VmPhase::Ready, false, false) },
         ];
         let o = observe("p", vms, Vec::new());
         assert_eq!(o.idle.iter().map(|i| i.vm_id.as_str()).collect::<Vec<_>>(), ["idle"]);
         assert_eq!((o.starting, o.busy, o.retiring), (1, 3, 1));
-        assert_eq!(o.total(), 6);
+        assert_eq!(o.stopped.iter().map(|i| i.vm_id.as_str()).collect::<Vec<_>>(), ["cold"]);
+        assert_eq!(o.initializing, 1);
+        assert_eq!(o.total(), 8, "stopped VMs count against the bounds");
     }
 }

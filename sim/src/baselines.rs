@@ -15,13 +15,29 @@ pub struct Vmfleet {
     pub forecasts: Vec<Option<Forecast>>,
     /// The fleet's `limits.max_instances`.
     pub fleet_max: Option<u32>,
+    /// Each pool's stopped-tier forecast, if it has one.
+    pub stopped_forecasts: Vec<Option<Forecast>>,
     targets: Targets,
+    stopped_targets: Targets,
 }
 
 impl Vmfleet {
     /// vmfleet's planner over these pool policies and forecasts.
     pub fn new(policies: Vec<PoolPolicy>, forecasts: Vec<Option<Forecast>>, fleet_max: Option<u32>) -> Self {
-        Self { policies, forecasts, fleet_max, targets: Targets::default() }
+        Self {
+            policies,
+            forecasts,
+            fleet_max,
+            stopped_forecasts: Vec::new(),
+            targets: Targets::default(),
+            stopped_targets: Targets::default(),
+        }
+    }
+
+    /// The same planner with these stopped-tier forecasts, per pool.
+    pub fn with_stopped(mut self, forecasts: Vec<Option<Forecast>>) -> Self {
+        self.stopped_forecasts = forecasts;
+        self
     }
 }
 
@@ -35,9 +51,14 @@ impl Planner for Vmfleet {
     fn plan(&mut self, obs: &[PoolObservation], now: i64, history: &[History], _: &[f64]) -> Vec<ScaleAction> {
         let with: Vec<(String, Forecast)> =
             obs.iter().zip(&self.forecasts).filter_map(|(o, f)| Some((o.pool.clone(), (*f)?))).collect();
+        let lookup = |key: &str| obs.iter().position(|o| o.pool == key).and_then(|i| history.get(i));
         if self.targets.stale(&with, now) {
-            let lookup = |key: &str| obs.iter().position(|o| o.pool == key).and_then(|i| history.get(i));
             self.targets.refresh(with, lookup, now);
+        }
+        let stopped: Vec<(String, Forecast)> =
+            obs.iter().zip(&self.stopped_forecasts).filter_map(|(o, f)| Some((o.pool.clone(), (*f)?))).collect();
+        if self.stopped_targets.stale(&stopped, now) {
+            self.stopped_targets.refresh(stopped, lookup, now);
         }
         let pairs: Vec<(PoolObservation, PoolPolicy)> = obs
             .iter()
@@ -45,6 +66,7 @@ impl Planner for Vmfleet {
             .map(|(o, p)| {
                 let mut p = p.clone();
                 p.step_target = vmfleet_scaler::target_floor(None, self.targets.get(&o.pool));
+                p.stopped_floor = self.stopped_targets.get(&o.pool);
                 (o.clone(), p)
             })
             .collect();

@@ -58,6 +58,8 @@ enum Ev {
     Ready { pool: usize, vm: u64 },
     /// A task ends; its VM is destroyed.
     End { pool: usize, vm: u64, task: usize },
+    /// A VM launched for the stopped tier has booted once and stopped.
+    Stopped { pool: usize, vm: u64 },
 }
 
 /// A VM of the simulated fleet, as the service's store would record it.
@@ -96,6 +98,10 @@ struct PoolSim {
     dlc_hits: u64,
     /// Tasks that found a ready VM on arrival.
     warm_hits: u64,
+    stopped: u32,
+    initializing: u32,
+    acc_stopped: f64,
+    start_failures: u64,
 }
 
 impl PoolSim {
@@ -105,6 +111,8 @@ impl PoolSim {
             (VmPhase::Starting, false) => &mut self.starting_warm,
             (VmPhase::Starting, true) => &mut self.starting_od,
             (VmPhase::Assigned, _) => &mut self.running,
+            (VmPhase::Stopped, _) => &mut self.stopped,
+            (VmPhase::Initializing, _) => &mut self.initializing,
             _ => return,
         };
         *c = c.saturating_add_signed(d);
@@ -129,9 +137,13 @@ impl PoolSim {
     }
 
     fn idle_vms(&self) -> Vec<IdleVm> {
+        self.in_phase(VmPhase::Ready)
+    }
+
+    fn in_phase(&self, phase: VmPhase) -> Vec<IdleVm> {
         self.vms
             .values()
-            .filter(|v| v.phase == VmPhase::Ready && v.task.is_none())
+            .filter(|v| v.phase == phase && v.task.is_none())
             .map(|v| IdleVm {
                 vm_id: v.name.clone(),
                 ready_at_ms: v.ready_at.unwrap_or(v.requested_at),
@@ -260,7 +272,9 @@ impl<'a> Sim<'a> {
         for p in &mut self.pools {
             p.acc_busy += f64::from(p.running) * dt;
             p.acc_idle += f64::from(p.idle) * dt;
-            p.acc_boot += f64::from(p.starting_warm + p.starting_od) * dt;
+            // Initializing VMs run (and are paid) until they stop.
+            p.acc_boot += f64::from(p.starting_warm + p.starting_od + p.initializing) * dt;
+            p.acc_stopped += f64::from(p.stopped) * dt;
             p.acc_waiting += p.queued.len() as f64 * dt;
         }
         self.now = to;
@@ -273,6 +287,39 @@ impl<'a> Sim<'a> {
         self.pools[pool].launches += 1;
         let vm = self.next_vm;
         self.push(now + boot, Ev::Ready { pool, vm });
+    }
+
+    /// Launches a VM for the stopped tier: it boots once, then stops.
+    fn launch_stopped(&mut self, pool: usize) {
+        let boot = self.cloud.boot_ms(&mut self.rng, &self.trace.pools[pool]);
+        // Stopping takes a few seconds more; it is counted as running, to err on the dear side.
+        let stop = lognormal_ms(&mut self.rng, 10.0, 0.4);
+        let now = self.now;
+        self.place(pool, VmPhase::Initializing, None, None, now);
+        self.pools[pool].launches += 1;
+        let vm = self.next_vm;
+        self.push(now + boot + stop, Ev::Stopped { pool, vm });
+    }
+
+    /// Starts the stopped VM `vm`, for `task` or the running target; a failed start
+    /// terminates it and launches a fresh VM instead.
+    fn start_stopped(&mut self, pool: usize, vm: u64, task: Option<usize>) {
+        match self.cloud.start_ms(&mut self.rng, &self.trace.pools[pool]) {
+            Some(ms) => {
+                self.pools[pool].update(vm, |v| {
+                    v.phase = VmPhase::Starting;
+                    v.task = task;
+                });
+                let now = self.now;
+                self.push(now + ms, Ev::Ready { pool, vm });
+            }
+            None => {
+                let p = &mut self.pools[pool];
+                p.remove(vm);
+                p.start_failures += 1;
+                self.launch(pool, task);
+            }
+        }
     }
 
     /// Hands `task` the VM `vm` now: the DLC volume (if any) is claimed, then the task runs.
@@ -366,6 +413,14 @@ impl<'a> Sim<'a> {
                 return;
             }
         }
+        // No running idle VM: a stopped one is started before a fresh launch.
+        let stopped = self.pools[pool].in_phase(VmPhase::Stopped);
+        if let Some(&i) = vmfleet_scaler::claim_order(&stopped).first() {
+            if let Some(vm) = parse_vm(&stopped[i].vm_id) {
+                self.start_stopped(pool, vm, Some(task));
+                return;
+            }
+        }
         let (pool_max, fleet_max) = planner.bounds(pool);
         let fleet_total = self.pools.iter().map(|p| p.vms.len() as u32).sum();
         if planner.on_demand()
@@ -404,11 +459,36 @@ impl<'a> Sim<'a> {
                         self.launch(i, None);
                     }
                 }
+                ScaleAction::Start { pool, vm_id, task_id, .. } => {
+                    let Some(i) = self.trace.pools.iter().position(|p| *p == pool) else { continue };
+                    let Some(vm) = parse_vm(&vm_id) else { continue };
+                    let p = &mut self.pools[i];
+                    if !p.vms.get(&vm).is_some_and(|v| v.phase == VmPhase::Stopped && v.task.is_none()) {
+                        continue;
+                    }
+                    let task = match task_id.as_deref().map(parse_task) {
+                        None => None,
+                        Some(t) => {
+                            let Some(pos) = t.and_then(|t| p.queued.iter().position(|&q| q == t)) else { continue };
+                            Some(p.queued.remove(pos))
+                        }
+                    };
+                    self.start_stopped(i, vm, task);
+                }
+                ScaleAction::LaunchStopped { pool, count, .. } => {
+                    let Some(i) = self.trace.pools.iter().position(|p| *p == pool) else { continue };
+                    for _ in 0..count {
+                        self.launch_stopped(i);
+                    }
+                }
                 ScaleAction::Terminate { pool, vm_id, reason } => {
                     let Some(i) = self.trace.pools.iter().position(|p| *p == pool) else { continue };
                     let Some(vm) = parse_vm(&vm_id) else { continue };
                     let p = &mut self.pools[i];
-                    if p.vms.get(&vm).is_some_and(|v| v.phase == VmPhase::Ready && v.task.is_none()) {
+                    if p.vms
+                        .get(&vm)
+                        .is_some_and(|v| matches!(v.phase, VmPhase::Ready | VmPhase::Stopped) && v.task.is_none())
+                    {
                         p.remove(vm);
                         p.terminations += 1;
                         if reason.is_cycle() {
@@ -488,6 +568,13 @@ impl<'a> Sim<'a> {
                 let Some(Reverse((_, _, ev))) = self.heap.pop() else { continue };
                 match ev {
                     Ev::Ready { pool, vm } => self.ready(pool, vm, planner),
+                    Ev::Stopped { pool, vm } => {
+                        let now = self.now;
+                        self.pools[pool].update(vm, |v| {
+                            v.phase = VmPhase::Stopped;
+                            v.ready_at = Some(now);
+                        });
+                    }
                     Ev::End { pool, vm, task } => {
                         self.pools[pool].remove(vm);
                         if let Some((p, i)) = self.task_volume.remove(&task) {
@@ -558,12 +645,20 @@ impl<'a> Sim<'a> {
         for ((p, key), oracle_ms) in self.pools.iter().zip(&self.trace.pools).zip(oracle_ms) {
             let mut q = p.queue.clone();
             q.sort_by(f64::total_cmp);
-            let o = summarize(&q, p, crate::report::price_of(key, &[]), oracle_ms / 3_600_000.0);
+            let mut o = summarize(&q, p, crate::report::price_of(key, &[]), oracle_ms / 3_600_000.0);
+            o.stopped_vm_hours = p.acc_stopped;
+            o.stopped_cost = p.acc_stopped * self.cloud.stopped_usd_hour();
+            o.start_failures = p.start_failures;
+            o.cost += o.stopped_cost;
+            o.cost_vs_oracle = ratio(o.cost, o.oracle_cost);
             all_q.extend_from_slice(&q);
             total.busy_vm_hours += o.busy_vm_hours;
             total.idle_vm_hours += o.idle_vm_hours;
             total.booting_vm_hours += o.booting_vm_hours;
             total.cost += o.cost;
+            total.stopped_vm_hours += o.stopped_vm_hours;
+            total.stopped_cost += o.stopped_cost;
+            total.start_failures += o.start_failures;
             total.oracle_vm_hours += o.oracle_vm_hours;
             total.oracle_cost += o.oracle_cost;
             warm_hits += p.warm_hits;
@@ -611,6 +706,9 @@ fn summarize(q: &[f64], p: &PoolSim, price: f64, oracle_vm_hours: f64) -> Outcom
         oracle_cost: oracle_vm_hours * price,
         vm_hours_vs_oracle: ratio(hours, oracle_vm_hours),
         cost_vs_oracle: ratio(hours * price, oracle_vm_hours * price),
+        stopped_vm_hours: 0.0,
+        stopped_cost: 0.0,
+        start_failures: 0,
         launches: p.launches,
         cycles: p.cycles,
         terminations: p.terminations,

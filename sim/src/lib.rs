@@ -19,7 +19,7 @@ use vmfleet_scaler::PoolPolicy;
 
 use baselines::{Idle, Schedule, Step};
 pub use baselines::{Static, Vmfleet};
-pub use cloud::Cloud;
+pub use cloud::{Cloud, StoppedModel};
 pub use engine::{Collector, Planner, Sim};
 pub use report::{frontier, plot_svg, price_of, reprice, Outcome, Run, Series};
 pub use trace::{load_trace, Trace, TraceError};
@@ -31,6 +31,8 @@ pub struct PoolSetup {
     pub policy: PoolPolicy,
     /// Its forecast, if its policy has one.
     pub forecast: Option<Forecast>,
+    /// Its stopped tier's forecast, if it has one.
+    pub stopped_forecast: Option<Forecast>,
 }
 
 /// vmfleet's setup for a trace: a policy per trace pool, in trace pool order.
@@ -117,13 +119,15 @@ pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
                 .iter()
                 .map(|p| p.forecast.map(|f| Forecast { quantile: q.unwrap_or(f.quantile), ..f }))
                 .collect();
+            let stopped: Vec<Option<Forecast>> = setup.pools.iter().map(|p| p.stopped_forecast).collect();
             let fleet_max = setup.fleet_max;
             let name = q.map_or_else(|| "vmfleet".to_string(), |q| format!("vmfleet:q={q}"));
             Candidate {
                 name,
                 family: "vmfleet",
                 make: Box::new(move || {
-                    Box::new(Vmfleet::new(policies.clone(), forecasts.clone(), fleet_max)) as Box<dyn Planner>
+                    Box::new(Vmfleet::new(policies.clone(), forecasts.clone(), fleet_max).with_stopped(stopped.clone()))
+                        as Box<dyn Planner>
                 }),
             }
         })
@@ -300,6 +304,52 @@ mod tests {
         let mut r = w.clone();
         reprice(&mut r, &[("medium".into(), 1.0)]);
         assert!((r.oracle_cost - r.oracle_vm_hours).abs() < 1e-9 && (r.cost_vs_oracle - w.cost_vs_oracle).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_task_that_finds_no_running_vm_starts_a_stopped_one_and_the_tier_refills() {
+        let t = trace(vec![
+            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
+        ]);
+        let fixed = |failures| {
+            Cloud::new(Duration::from_secs(90), Duration::from_secs(90), 0.0).with_stopped(StoppedModel {
+                start_median: Duration::from_secs(20),
+                start_p95: Duration::from_secs(20),
+                start_failures: failures,
+                volume_gb: 100.0,
+                usd_gb_month: 0.08,
+            })
+        };
+        let policy = PoolPolicy { min_stopped: 2, idle_timeout_ms: 600_000, ..PoolPolicy::unnamed() };
+        let run = |cloud| {
+            let mut p = Vmfleet::new(vec![policy.clone()], vec![None], None);
+            Sim::new(&t, cloud, COLLECTOR, 1).run(&mut p, false).0
+        };
+        let o = run(fixed(0.0));
+        let q = |o: &Outcome| {
+            let mut v = vec![o.p50_queue_s, o.max_queue_s];
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        // The first task comes before the tier is filled (a boot); of the burst of three, two
+        // start stopped VMs (20 s) and the third waits a fresh boot.
+        assert!((o.max_queue_s - 90.0).abs() < 0.5, "{o:?}");
+        assert!((o.p50_queue_s - 20.0).abs() < 0.5, "stopped starts serve the burst: {o:?} {:?}", q(&o));
+        assert_eq!(o.warm_hit_rate, 0.0, "no VM was running and idle");
+        // The two started ones were replaced: 4 task launches/starts need 2 + 2 stopped launches
+        // and 2 fresh ones.
+        assert_eq!(o.launches, 6, "{o:?}");
+        assert!(o.stopped_vm_hours > 1.9, "two VMs stopped for about an hour: {o:?}");
+        let rate = 100.0 * 0.08 / 730.0;
+        assert!((o.stopped_cost - o.stopped_vm_hours * rate).abs() < 1e-9);
+        assert!(o.cost > o.vm_hours * price_of("machine/default/medium", &[]), "volumes are paid for");
+        assert_eq!(o.start_failures, 0);
+        // Every start failing: the tasks get fresh launches instead, and the failures count.
+        let f = run(fixed(1.0));
+        assert!(f.start_failures >= 2 && (f.p50_queue_s - 90.0).abs() < 0.5, "{f:?}");
     }
 
     #[test]

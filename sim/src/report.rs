@@ -34,7 +34,13 @@ pub struct Outcome {
     pub vm_hours: f64,
     /// (idle + booting) / busy.
     pub idle_overhead: f64,
-    /// At the hourly prices.
+    /// Stopped-VM hours (paid at their volume's price, not in `vm_hours`).
+    pub stopped_vm_hours: f64,
+    /// What the stopped VMs' volumes cost (in `cost`).
+    pub stopped_cost: f64,
+    /// Starts of stopped VMs that failed (each replaced by a fresh launch).
+    pub start_failures: u64,
+    /// At the hourly prices, stopped VMs' volumes included.
     pub cost: f64,
     /// Share of DLC tasks that found their project's volume.
     pub dlc_hit_rate: f64,
@@ -90,7 +96,7 @@ pub fn reprice(o: &mut Outcome, prices: &[(String, f64)]) {
     let (mut cost, mut oracle) = (0.0, 0.0);
     for (key, p) in pools.iter_mut() {
         let price = price_of(key, prices);
-        p.cost = p.vm_hours * price;
+        p.cost = p.vm_hours * price + p.stopped_cost;
         p.oracle_cost = p.oracle_vm_hours * price;
         p.cost_vs_oracle = ratio(p.cost, p.oracle_cost);
         cost += p.cost;

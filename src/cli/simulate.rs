@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use vmfleet_sim::{Cloud, Collector, PoolSetup, Run, Setup, Sim, Trace};
+use vmfleet_sim::{Cloud, Collector, PoolSetup, Run, Setup, Sim, StoppedModel, Trace};
 
 use crate::config::Config;
 
@@ -31,6 +31,21 @@ pub struct SimArgs {
     /// Share of launches that hit a capacity error first (each costs a 30 s retry).
     #[arg(long, default_value_t = 0.01)]
     pub capacity_errors: f64,
+    /// Median start of a pre-initialized stopped VM (an assumption; see docs/PERFORMANCE.md).
+    #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub start_time: Duration,
+    /// 95th percentile start of a stopped VM.
+    #[arg(long, default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub start_time_p95: Duration,
+    /// Share of stopped-VM starts that fail (the VM is terminated, a fresh one launched).
+    #[arg(long, default_value_t = 0.01)]
+    pub start_failures: f64,
+    /// Root volume of a stopped VM, GB (paid while it is stopped).
+    #[arg(long, default_value_t = 100.0)]
+    pub stopped_volume_gb: f64,
+    /// EBS price, USD per GB-month (default: gp3 in us-east-1).
+    #[arg(long, default_value_t = 0.08)]
+    pub ebs_gb_month: f64,
     /// Baselines to run the same trace through: `static`, `idle`, `step`, `schedule`.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
@@ -64,10 +79,12 @@ pub fn setup(trace: &Trace, config: &Config, file: Option<&Path>) -> anyhow::Res
         .pools
         .iter()
         .map(|key| match policies.pool(key) {
-            Some(p) => {
-                PoolSetup { policy: crate::fleet::scaler_policy(p, None), forecast: p.forecast.map(|f| f.forecast()) }
-            }
-            None => PoolSetup { policy: vmfleet_scaler::PoolPolicy::unnamed(), forecast: None },
+            Some(p) => PoolSetup {
+                policy: crate::fleet::scaler_policy(p, None),
+                forecast: p.forecast.map(|f| f.forecast()),
+                stopped_forecast: p.stopped.and_then(|s| s.forecast).map(|f| f.forecast()),
+            },
+            None => PoolSetup { policy: vmfleet_scaler::PoolPolicy::unnamed(), forecast: None, stopped_forecast: None },
         })
         .collect();
     Ok(Setup { pools, fleet_max: policies.limits.max_instances })
@@ -97,7 +114,13 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let config = Config::default();
-    let cloud = Cloud::new(args.boot_time, args.boot_time_p95, args.capacity_errors);
+    let cloud = Cloud::new(args.boot_time, args.boot_time_p95, args.capacity_errors).with_stopped(StoppedModel {
+        start_median: args.start_time,
+        start_p95: args.start_time_p95,
+        start_failures: args.start_failures,
+        volume_gb: args.stopped_volume_gb,
+        usd_gb_month: args.ebs_gb_month,
+    });
     let collector = collector(&config);
     let setup = setup(&trace, &config, args.policy.as_deref())?;
     let mut candidates = vmfleet_sim::vmfleet_candidates(&setup, args.sweep);

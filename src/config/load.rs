@@ -80,6 +80,7 @@ impl Config {
             })?;
         }
         cfg.validate(text, origin)?;
+        refuse_stopped_tier(&cfg.pools, origin)?;
         Ok(cfg)
     }
 
@@ -134,19 +135,35 @@ impl Config {
                 );
             }
         }
-        if let Some(f) = &pool.forecast {
+        let forecasts = [
+            ("forecast", pool.forecast.as_ref()),
+            ("stopped.forecast", pool.stopped.as_ref().and_then(|s| s.forecast.as_ref())),
+        ];
+        for (key, f) in forecasts.into_iter().filter_map(|(k, f)| Some((k, f?))) {
             if !(0.0..=1.0).contains(&f.quantile) {
-                return fail("forecast.quantile", "quantile", format!("{} is not between 0 and 1", f.quantile));
+                return fail(&format!("{key}.quantile"), "quantile", format!("{} is not between 0 and 1", f.quantile));
             }
             if !(0.0..=1.0).contains(&f.recent_weight) {
                 return fail(
-                    "forecast.recent_weight",
+                    &format!("{key}.recent_weight"),
                     "recent_weight",
                     format!("{} is not between 0 and 1", f.recent_weight),
                 );
             }
             if f.horizon < Duration::from_secs(60) {
-                return fail("forecast.horizon", "horizon", "must be at least 1m".into());
+                return fail(&format!("{key}.horizon"), "horizon", "must be at least 1m".into());
+            }
+        }
+        if let Some(st) = &pool.stopped {
+            if let Some(max) = st.max.filter(|m| *m < st.min) {
+                return fail("stopped.max", "max", format!("{max} is below stopped.min {}", st.min));
+            }
+            if let Some(max) = pool.max_instances.filter(|m| *m < pool.min_idle + st.min) {
+                return fail(
+                    "stopped.min",
+                    "min",
+                    format!("min_idle {} and stopped.min {} do not fit in max_instances {max}", pool.min_idle, st.min),
+                );
             }
         }
         if let Some(st) = &pool.step_scaling {
@@ -400,6 +417,24 @@ pub fn steps(steps: &[StepConfig]) -> Vec<vmfleet_scaler::step::Step> {
         .iter()
         .map(|s| vmfleet_scaler::step::Step { lower: s.lower, upper: s.upper, adjustment: s.adjustment })
         .collect()
+}
+
+/// The service does not run a stopped tier yet (its drivers cannot stop and start VMs); a
+/// policy that asks for one is refused as a whole rather than half applied.
+///
+/// # Errors
+/// [`ConfigError`] naming the first pool with `stopped`.
+pub fn refuse_stopped_tier(pools: &[PoolConfig], origin: &str) -> Result<(), ConfigError> {
+    match pools.iter().find(|p| p.stopped.is_some()) {
+        Some(p) => Err(ConfigError {
+            origin: origin.to_string(),
+            message: format!(
+                "pool {}: `stopped` (the stopped tier) is modelled by `vmfleet simulate` only; the service does not run it yet",
+                crate::domain::pool_key(p.executor.as_str(), &p.image, &p.resource_class)
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

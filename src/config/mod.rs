@@ -406,6 +406,25 @@ pub struct PoolConfig {
     /// Sizes the warm target from a forecast of arrivals within the coming boot window.
     #[serde(default)]
     pub forecast: Option<ForecastConfig>,
+    /// Pre-initialized stopped VMs behind the running warm ones (modelled by `vmfleet
+    /// simulate`; the service refuses it until its drivers run it).
+    #[serde(default)]
+    pub stopped: Option<StoppedConfig>,
+}
+
+/// A pool's stopped tier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoppedConfig {
+    /// Stopped VMs to keep.
+    #[serde(default)]
+    pub min: u32,
+    /// Most stopped VMs (they also count against `max_instances`).
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// Raises the stopped target to a forecast of what arrives within a fresh boot.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
 }
 
 /// Forecast-driven warm target of a pool.
@@ -689,4 +708,4 @@ pub fn default_resource_classes() -> BTreeMap<String, ResourceClass> {
 
 mod load;
 
-pub use load::{from_yaml_str, requirement, steps};
+pub use load::{from_yaml_str, refuse_stopped_tier, requirement, steps};

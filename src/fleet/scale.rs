@@ -145,6 +145,14 @@ impl Fleet {
                         self.wake();
                     }
                 }
+                // Policies with a stopped tier are refused at load, so the planner has no
+                // stopped VMs to start and no stopped target to fill.
+                ScaleAction::Start { pool, vm_id, reason, .. } => {
+                    warn!(%pool, vm = %vm_id, %reason, "the service runs no stopped tier; start skipped");
+                }
+                ScaleAction::LaunchStopped { pool, reason, .. } => {
+                    warn!(%pool, %reason, "the service runs no stopped tier; launch skipped");
+                }
                 ScaleAction::Terminate { vm_id, reason, .. } => {
                     // Re-check: only if it is still idle (a task may have just claimed it).
                     if self.store.transition(&vm_id, &[VmState::Ready], VmState::Releasing, self.now()).await? {
@@ -251,5 +259,8 @@ pub fn scaler_policy(p: &crate::config::PoolConfig, step_target: Option<u32>) ->
             })
             .collect(),
         step_target,
+        min_stopped: p.stopped.map_or(0, |s| s.min),
+        max_stopped: p.stopped.and_then(|s| s.max),
+        stopped_floor: None,
     }
 }
