@@ -279,3 +279,26 @@ async fn remote_docker_task_gets_tls_files_chained_to_the_installation_ca() {
     assert_ne!(task2["docker"]["client_cert"], d["client_cert"]);
     assert_eq!(task2["docker"]["ca_cert"], d["ca_cert"], "one CA per installation");
 }
+
+#[tokio::test]
+async fn request_bodies_are_bounded_per_route() {
+    let a = api().await;
+    let t = Some(a.admin.as_str());
+    let big = |n: usize| format!("{{\"pool\": \"{}\"}}", "x".repeat(n));
+    let (st, body) = a.call("POST", "/api/v1/tasks", t, Some(&big(300 << 10))).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(code(&body), "payload_too_large", "{body}");
+    assert!(body.to_string().len() < 1000, "the answer does not echo the body");
+    // A job takes more: a 5 MiB config reaches the parser, which names its own limit.
+    let job = |n: usize| {
+        json!({"config": format!("version: 2.1\n# {}\n", "x".repeat(n)), "job": "build", "project": "gh/acme/app"})
+            .to_string()
+    };
+    let (st, body) = a.call("POST", "/api/v1/jobs", t, Some(&job(5 << 20))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("the limit is 4194304 bytes"), "{body}");
+    let (st, body) = a.call("POST", "/api/v1/jobs", t, Some(&job(11 << 20))).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (st, _) = a.call("GET", "/status", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+}

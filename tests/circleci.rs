@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use vmfleet::jobs::circleci::{ConfigFile, JobKind, Pipeline};
+use vmfleet::jobs::circleci::{ConfigFile, JobKind, Pipeline, MAX_WORK};
+use vmfleet::jobs::yaml::Limits;
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/circleci-configs")
@@ -26,7 +27,13 @@ fn classify_all() -> Vec<String> {
         let name = path.file_name().expect("name").to_string_lossy().to_string();
         let text = std::fs::read_to_string(&path).expect("read");
         let cfg = ConfigFile::parse(&text, &name).unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
-        for s in cfg.summaries() {
+        let summaries = cfg.summaries();
+        let _ = cfg.workflow_jobs();
+        // Real configs stay far inside the parser's budgets.
+        let (nodes, work) = (cfg.root().size(), cfg.work());
+        assert!(nodes * 20 < Limits::CIRCLECI.nodes, "{name}: {nodes} nodes");
+        assert!(work * 10 < MAX_WORK, "{name}: {work} units of expansion work");
+        for s in summaries {
             lines.push(
                 [
                     name.clone(),

@@ -192,6 +192,104 @@ fn config_check_names_key_and_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Hostile CircleCI configs, each a dozen lines or a few megabytes: (file, what the error says).
+fn hostile_configs(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+    let job = "jobs:\n  build:\n    machine: true\n    steps: [checkout]\n";
+    let aliases = |first: String, levels: usize| {
+        let mut t = format!("version: 2.1\nx0: &a0 {first}\n");
+        for i in 1..levels {
+            t += &format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", "));
+        }
+        t + job
+    };
+    let mut commands = String::from("version: 2.1\ncommands:\n  c0:\n    steps: [{run: echo}]\n");
+    for i in 1..10 {
+        commands += &format!("  c{i}:\n    steps: [{}]\n", vec![format!("c{}", i - 1); 10].join(", "));
+    }
+    commands += "jobs:\n  build:\n    machine: true\n    steps: [c9]\n";
+    let mut matrix = String::from("version: 2.1\njobs:\n  build:\n    machine: true\n    parameters:\n");
+    let mut axes = String::new();
+    for i in 0..10 {
+        matrix += &format!("      p{i}: {{type: string}}\n");
+        axes += &format!("              p{i}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n");
+    }
+    matrix += "    steps: [checkout]\nworkflows:\n  w:\n    jobs:\n      - build:\n          matrix:\n            parameters:\n";
+    matrix += &axes;
+    let mut block = String::from("version: 2.1\n");
+    for i in 0..100 {
+        block += &format!("{}a:\n", "  ".repeat(i));
+    }
+    let keys: String = (0..250_000).map(|i| format!("  k{i}: 1\n")).collect();
+    let shapes = [
+        ("laughs", aliases("[lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]".into(), 10), "past 200000 nodes"),
+        ("long-laughs", aliases(format!("'{}'", "x".repeat(60_000)), 5), "bytes of text"),
+        (
+            "flow-depth",
+            format!("version: 2.1\n{job}x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            "nest deeper",
+        ),
+        ("block-depth", block + job, "nest deeper than 64"),
+        ("huge-scalar", format!("version: 2.1\n{job}x: '{}'\n", "x".repeat(5 << 20)), "the limit is 4194304 bytes"),
+        ("many-keys", format!("version: 2.1\n{job}x:\n{keys}"), "past 200000 nodes"),
+        ("commands", commands, "expands past 500000"),
+        ("matrix", matrix, "the limit is 1000"),
+    ];
+    shapes
+        .into_iter()
+        .map(|(name, text, says)| {
+            let f = dir.join(format!("{name}.yml"));
+            std::fs::write(&f, text).expect("write");
+            (f, says)
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_configs_get_a_clear_error_within_a_memory_bound_and_the_server_keeps_serving() {
+    let s = serve();
+    let files = hostile_configs(s.dir.path());
+    for (f, says) in &files {
+        let name = f.file_name().expect("name").to_string_lossy().to_string();
+        // 1 GiB of address space: the unbounded parser needed tens of gigabytes for these.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v 1048576; exec {BIN} jobs validate {}", f.display()))
+            .output()
+            .expect("validate");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&name) && text.contains(says), "{name}: {text}");
+        assert!(text.contains("limit"), "{name} names the limit: {text}");
+        if !name.starts_with("matrix") {
+            assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+        }
+    }
+    // The same files through the API, all at once, while other requests are answered.
+    let job = |f: &Path| {
+        let job = if f.ends_with("matrix.yml") { "build-0-0-0-0-0-0-0-0-0-0" } else { "build" };
+        let f = f.display().to_string();
+        s.cli(&["run", &f, "--job", job, "--project", "gh/acme/hostile"])
+    };
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = files.iter().map(|(f, says)| (scope.spawn(move || job(f)), *says)).collect();
+        for _ in 0..5 {
+            s.cli_ok(&["status"]);
+        }
+        for (run, says) in runs {
+            let out = run.join().expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(says), "{says}: {err}");
+        }
+    });
+    s.cli_ok(&["status"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).expect("proc status");
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kb < 512 * 1024, "serve peaked at {peak_kb} kB");
+}
+
 #[test]
 fn images_register_from_a_packer_manifest_promote_and_roll_back() {
     let s = serve();

@@ -112,6 +112,9 @@ pub fn valid_ami(a: &str) -> bool {
     a.strip_prefix("ami-").is_some_and(|h| (h.len() == 8 || h.len() == 17) && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// The largest manifest read.
+pub const MAX_MANIFEST_BYTES: usize = 8 << 20;
+
 /// Reads the newest Amazon build of a manifest (or the one named `build`).
 ///
 /// # Errors
@@ -120,6 +123,11 @@ pub fn valid_ami(a: &str) -> bool {
 /// of `REGION:AMI`.
 pub fn parse_manifest(text: &str, origin: &str, build: Option<&str>) -> Result<Artifact, ManifestError> {
     let fail = |message: String| ManifestError { origin: origin.into(), message };
+    // A manifest of a long-lived pipeline grows by a few hundred bytes a build; serde_json
+    // bounds nesting (128) itself.
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(fail(format!("the manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes", text.len())));
+    }
     let m: Manifest = serde_json::from_str(text).map_err(|e| fail(format!("not a packer manifest: {e}")))?;
     if m.builds.is_empty() {
         return Err(fail("builds: the manifest has no builds".into()));
@@ -237,5 +245,19 @@ mod tests {
         assert_eq!(win.platform, Platform::Windows);
         assert_eq!(ImageKind::parse("remote-docker"), Some(ImageKind::RemoteDocker));
         assert_eq!(ImageKind::parse("mac"), None);
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused_with_the_limit() {
+        let huge = format!("{{\"builds\": [], \"pad\": \"{}\"}}", "x".repeat(MAX_MANIFEST_BYTES));
+        let e = parse_manifest(&huge, "m.json", None).expect_err("too big");
+        assert!(e.to_string().contains("the limit is 8388608 bytes"), "{e}");
+        let deep = format!("{{\"builds\": [], \"x\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        // Skipped (iteratively) as an unknown field; the manifest is then judged on its builds.
+        let e = parse_manifest(&deep, "m.json", None).expect_err("no builds");
+        assert!(e.to_string().contains("m.json"), "{e}");
+        let deep = format!("{{\"builds\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_manifest(&deep, "m.json", None).expect_err("not builds");
+        assert!(e.to_string().contains("not a packer manifest"), "{e}");
     }
 }

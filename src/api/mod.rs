@@ -10,7 +10,7 @@ pub mod views;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -125,6 +125,15 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "request body: larger than this route accepts (job submissions {} MiB, every other route {} KiB)",
+                    JOB_BODY_LIMIT >> 20,
+                    BODY_LIMIT >> 10
+                ),
+            )),
             Err(rej) => Err(ApiError::bad_request(format!("request body: {}", rej.body_text()))),
         }
     }
@@ -167,6 +176,14 @@ const AGENT: &[Scope] = &[Scope::Operator, Scope::Agent];
 const PUBLISHER: &[Scope] = &[Scope::Operator, Scope::ImagePublisher];
 const OPERATOR: &[Scope] = &[Scope::Operator];
 
+/// The largest request body a route takes, unless it says otherwise: every body but a job's is a
+/// few small fields.
+pub const BODY_LIMIT: usize = 256 << 10;
+
+/// The largest job submission: a CircleCI config of up to 4 MiB (the parser's limit) escaped in
+/// JSON, with its other fields.
+pub const JOB_BODY_LIMIT: usize = 10 << 20;
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -185,7 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/images/{name}/rollback", post(rollback_image))
         .route("/api/v1/volumes", get(list_volumes))
         .route("/api/v1/volumes/{id}", get(show_volume).delete(delete_volume))
-        .route("/api/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/api/v1/jobs", post(submit_job).layer(DefaultBodyLimit::max(JOB_BODY_LIMIT)).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/output", get(job_output))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
@@ -193,6 +210,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 

@@ -7,12 +7,15 @@ fn op(summary: &str, scope: &str, ok: &str, extra: &[(&str, &str)]) -> Value {
         ok: {"description": "success"},
         "401": {"$ref": "#/components/responses/Error"},
         "403": {"$ref": "#/components/responses/Error"},
+        "503": {"$ref": "#/components/responses/Error"},
     });
     for (code, why) in extra {
         responses[*code] = json!({"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     }
     json!({"summary": summary, "description": format!("Scopes: admin or {scope}."), "security": [{"bearer": []}], "responses": responses})
 }
+
+const BODY_413: &str = "the body is larger than the route takes (10 MiB for a job, 256 KiB otherwise)";
 
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
@@ -24,7 +27,7 @@ pub fn spec() -> Value {
         "Request a VM for a task",
         "operator, agent",
         "201",
-        &[("400", "malformed body or unknown executor, image, resource class or project")],
+        &[("400", "malformed body or unknown executor, image, resource class or project"), ("413", BODY_413)],
     );
     request["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskRequest"}}}});
     let with_id = |mut v: Value| {
@@ -59,13 +62,13 @@ pub fn spec() -> Value {
             "/api/v1/vms/{id}/drain": {"post": with_id(op("Give a VM no new work", "operator", "200", &[("404", "no such VM")]))},
             "/api/v1/images": {
                 "get": op("The image catalog: versions and aliases", "operator", "200", &[]),
-                "post": op("Register an image version {name, version, kind, arch, amis}", "operator, image-publisher", "201", &[("400", "a bad field, named"), ("409", "that version is registered already")]),
+                "post": op("Register an image version {name, version, kind, arch, amis}", "operator, image-publisher", "201", &[("400", "a bad field, named"), ("409", "that version is registered already"), ("413", BODY_413)]),
             },
             "/api/v1/images/{name}": {"get": with_id_name(op("An image's versions, aliases and alias history", "operator", "200", &[("404", "no such image")]))},
             "/api/v1/images/{name}/promote": {"post": with_id_name(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("404", "no such version")]))},
             "/api/v1/images/{name}/rollback": {"post": with_id_name(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("409", "nothing to roll back to")]))},
             "/api/v1/jobs": {
-                "post": op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line, or a job this installation cannot run")]),
+                "post": op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line (a config past its limits included), or a job this installation cannot run"), ("413", BODY_413)]),
                 "get": op("List jobs, newest first (query: state, limit)", "operator", "200", &[("400", "bad query")]),
             },
             "/api/v1/jobs/{id}": {"get": with_id(op("Show a job (id or number) with its tasks and their steps", "operator, agent", "200", &[("404", "no such job")]))},

@@ -12,6 +12,11 @@ pub(super) fn validate_jobs(file: &Path, as_json: bool) -> anyhow::Result<std::p
         }
     };
     let jobs = cfg.summaries();
+    let workflows = cfg.workflow_jobs();
+    if let Some(e) = cfg.exhausted() {
+        eprintln!("error: {e}");
+        return Ok(std::process::ExitCode::from(2));
+    }
     if as_json {
         print_json(&jobs)?;
     } else {
@@ -35,7 +40,7 @@ pub(super) fn validate_jobs(file: &Path, as_json: bool) -> anyhow::Result<std::p
         for j in jobs.iter().filter(|j| j.error.is_some()) {
             println!("cannot run {}: {}", j.name, j.error.as_deref().unwrap_or_default());
         }
-        match cfg.workflow_jobs() {
+        match workflows {
             Ok(w) if !w.is_empty() => {
                 let names: Vec<String> = w.iter().filter(|w| w.name != w.job).map(|w| w.name.clone()).collect();
                 if !names.is_empty() {

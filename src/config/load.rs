@@ -358,11 +358,19 @@ pub fn requirement(executor: Executor, rc: &ResourceClass) -> vmfleet_images::Re
     vmfleet_images::Requirement { executor, platform: rc.platform, arch: rc.arch, gpu: rc.gpus > 0 }
 }
 
+/// What one configuration or policy file may hold: real ones are a few hundred nodes.
+pub const YAML_LIMITS: crate::jobs::yaml::Limits =
+    crate::jobs::yaml::Limits { bytes: 1 << 20, nodes: 100_000, text: 4 << 20, depth: 32 };
+
 /// Deserializes YAML, reporting the key path and line of the first error.
 ///
 /// # Errors
 /// [`ConfigError`] as `origin:line: path: message`.
 pub fn from_yaml_str<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    // The typed deserializer has no bound on aliases or nesting of its own; the tree reader
+    // checks them (and stops at the first node past a limit) before it runs.
+    crate::jobs::yaml::parse_within(text, YAML_LIMITS)
+        .map_err(|e| ConfigError { origin: format!("{origin}:{}", e.line), message: e.message })?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -465,6 +473,21 @@ mod tests {
         assert_eq!(e.origin, "vmfleet.yaml:3");
         assert!(e.message.contains("ssh_conect"), "{e}");
         assert!(e.message.contains("timeouts"), "{e}");
+    }
+
+    #[test]
+    fn hostile_yaml_is_refused_with_its_line_and_limit() {
+        let mut text = String::from("x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..9 {
+            text += &format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", "));
+        }
+        text += "pools: *a8\n";
+        let e = Config::parse(&text, "vmfleet.yaml", no_env()).expect_err("laughs");
+        assert_eq!(e.origin, "vmfleet.yaml:5", "{e}");
+        assert!(e.message.contains("past 100000 nodes"), "{e}");
+        let deep = format!("pools: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let e = crate::policy::Policies::from_texts(&[("p.yaml".into(), deep)], &Config::default()).expect_err("deep");
+        assert!(e.to_string().contains("p.yaml:1") && e.message.contains("deeper than 32 levels"), "{e}");
     }
 
     #[test]

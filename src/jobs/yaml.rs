@@ -95,6 +95,15 @@ impl Node {
         }
     }
 
+    /// The nodes in this subtree, itself included.
+    pub fn size(&self) -> usize {
+        1 + match &self.value {
+            Value::Seq(items) => items.iter().map(Node::size).sum(),
+            Value::Map(entries) => entries.iter().map(|(k, v)| k.size() + v.size()).sum(),
+            _ => 0,
+        }
+    }
+
     /// A scalar as a short description for error messages.
     pub fn kind(&self) -> &'static str {
         match &self.value {
@@ -106,46 +115,155 @@ impl Node {
     }
 }
 
-/// Parses one YAML document. An empty document is [`Value::Null`].
+/// What one document may cost: every reader of operator or user YAML gives one, so no single
+/// input can exhaust memory or stall the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The document's size in bytes.
+    pub bytes: usize,
+    /// Nodes in the tree, every alias counted as the copy it becomes.
+    pub nodes: usize,
+    /// Bytes of scalar text in the tree, aliases counted the same way.
+    pub text: usize,
+    /// Nesting of sequences and maps.
+    pub depth: usize,
+}
+
+impl Limits {
+    /// A CircleCI config: the largest of the shared real configs has about 1,000 nodes.
+    pub const CIRCLECI: Self = Self { bytes: 4 << 20, nodes: 200_000, text: 16 << 20, depth: 64 };
+}
+
+/// Parses one YAML document within [`Limits::CIRCLECI`]. An empty document is [`Value::Null`].
 ///
 /// # Errors
-/// [`YamlError`] with the line of a syntax error or an alias to an unknown anchor.
+/// [`YamlError`] with the line of a syntax error, an alias to an unknown anchor, or the place
+/// where the document passed one of its limits (the limit named).
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    let mut b = Builder::default();
+    parse_within(text, Limits::CIRCLECI)
+}
+
+/// Parses one YAML document within `limits`: parsing stops at the first node past a limit.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_within(text: &str, limits: Limits) -> Result<Node, YamlError> {
+    if text.len() > limits.bytes {
+        return Err(YamlError {
+            line: 1,
+            message: format!("the document is {} bytes; the limit is {} bytes", text.len(), limits.bytes),
+        });
+    }
+    let mut b = Builder { limits, ..Builder::default() };
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut b, false).map_err(|e| YamlError { line: e.marker().line(), message: e.info().to_string() })?;
-    if let Some(e) = b.error {
-        return Err(e);
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| YamlError {
+            line: e.marker().line(),
+            message: match e.info() {
+                // The scanner's own bound on `[`/`{` nesting, which comes before ours.
+                "recursion limit exceeded" => {
+                    format!("sequences and maps nest deeper than {} levels, the limit", limits.depth)
+                }
+                info => info.to_string(),
+            },
+        })?;
+        let done = matches!(ev, Event::DocumentEnd | Event::StreamEnd);
+        b.on_event(ev, mark);
+        if let Some(e) = b.error {
+            return Err(e);
+        }
+        if done {
+            break;
+        }
     }
     Ok(b.root.unwrap_or(Node { line: 1, value: Value::Null }))
 }
 
 enum Open {
-    Seq(usize, usize, Vec<Node>),
-    Map(usize, usize, Vec<(Node, Node)>, Option<Node>),
+    Seq(usize, usize, Vec<Node>, Cost),
+    Map(usize, usize, Vec<(Node, Node)>, Option<Node>, Cost),
+}
+
+/// What a subtree has produced: nodes and scalar bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    nodes: usize,
+    text: usize,
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
-    anchors: std::collections::HashMap<usize, Node>,
+    anchors: std::collections::HashMap<usize, (Node, Cost)>,
     root: Option<Node>,
     error: Option<YamlError>,
+    limits: Limits,
+    /// The whole tree so far.
+    spent: Cost,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::CIRCLECI
+    }
 }
 
 impl Builder {
-    fn push(&mut self, node: Node, anchor: usize) {
+    /// Counts `cost` against the limits before the node it stands for is built.
+    fn charge(&mut self, cost: Cost, line: usize, what: &str) -> bool {
+        let nodes = self.spent.nodes.saturating_add(cost.nodes);
+        let text = self.spent.text.saturating_add(cost.text);
+        let message = if nodes > self.limits.nodes {
+            format!("{what} takes the document past {} nodes (aliases count as copies), its limit", self.limits.nodes)
+        } else if text > self.limits.text {
+            format!(
+                "{what} takes the document past {} bytes of text (aliases count as copies), its limit",
+                self.limits.text
+            )
+        } else {
+            self.spent = Cost { nodes, text };
+            return true;
+        };
+        self.error = Some(YamlError { line, message });
+        false
+    }
+
+    fn push(&mut self, node: Node, anchor: usize, cost: Cost) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), cost));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
-            Some(Open::Seq(_, _, items)) => items.push(node),
-            Some(Open::Map(_, _, entries, key)) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
-            },
+            Some(Open::Seq(_, _, items, c)) => {
+                items.push(node);
+                c.add(cost);
+            }
+            Some(Open::Map(_, _, entries, key, c)) => {
+                c.add(cost);
+                match key.take() {
+                    None => *key = Some(node),
+                    Some(k) => entries.push((k, node)),
+                }
+            }
         }
+    }
+
+    fn open(&mut self, line: usize, container: Open) {
+        if self.stack.len() >= self.limits.depth {
+            self.error = Some(YamlError {
+                line,
+                message: format!("sequences and maps nest deeper than {} levels, the limit", self.limits.depth),
+            });
+        } else if self.charge(Cost { nodes: 1, text: 0 }, line, "this node") {
+            self.stack.push(container);
+        }
+    }
+}
+
+impl Cost {
+    fn add(&mut self, o: Cost) {
+        self.nodes = self.nodes.saturating_add(o.nodes);
+        self.text = self.text.saturating_add(o.text);
     }
 }
 
@@ -157,34 +275,46 @@ impl MarkedEventReceiver for Builder {
         let line = mark.line();
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
+                let cost = Cost { nodes: 1, text: text.len() };
+                if !self.charge(cost, line, "this scalar") {
+                    return;
+                }
                 let plain = style == TScalarStyle::Plain && tag.is_none();
                 let value = if plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
                     Value::Scalar { text, plain }
                 };
-                self.push(Node { line, value }, anchor);
+                self.push(Node { line, value }, anchor, cost);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(line, anchor, Vec::new())),
-            Event::MappingStart(anchor, _) => self.stack.push(Open::Map(line, anchor, Vec::new(), None)),
+            Event::SequenceStart(anchor, _) => {
+                self.open(line, Open::Seq(line, anchor, Vec::new(), Cost { nodes: 1, text: 0 }));
+            }
+            Event::MappingStart(anchor, _) => {
+                self.open(line, Open::Map(line, anchor, Vec::new(), None, Cost { nodes: 1, text: 0 }));
+            }
             Event::SequenceEnd => {
-                if let Some(Open::Seq(line, anchor, items)) = self.stack.pop() {
-                    self.push(Node { line, value: Value::Seq(items) }, anchor);
+                if let Some(Open::Seq(line, anchor, items, cost)) = self.stack.pop() {
+                    self.push(Node { line, value: Value::Seq(items) }, anchor, cost);
                 }
             }
             Event::MappingEnd => {
-                if let Some(Open::Map(line, anchor, entries, _)) = self.stack.pop() {
+                if let Some(Open::Map(line, anchor, entries, _, cost)) = self.stack.pop() {
                     match merge(entries) {
-                        Ok(entries) => self.push(Node { line, value: Value::Map(entries) }, anchor),
+                        Ok(entries) => self.push(Node { line, value: Value::Map(entries) }, anchor, cost),
                         Err(e) => self.error = Some(e),
                     }
                 }
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(n) => {
-                    // The alias stands where it is written, with the anchored content.
-                    let node = n.clone();
-                    self.push(node, 0);
+                Some((_, cost)) => {
+                    // The alias stands where it is written, with the anchored content: charged
+                    // as the copy it is before the copy is made.
+                    let cost = *cost;
+                    if self.charge(cost, line, "this alias") {
+                        let node = self.anchors[&id].0.clone();
+                        self.push(node, 0, cost);
+                    }
                 }
                 None => self.error = Some(YamlError { line, message: "alias to an unknown anchor".into() }),
             },
@@ -200,6 +330,7 @@ fn merge(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
     }
     let mut own = Vec::new();
     let mut merged: Vec<(Node, Node)> = Vec::new();
+    let mut seen = Keys::default();
     for (k, v) in entries {
         if !is_merge_key(&k) {
             own.push((k, v));
@@ -223,16 +354,52 @@ fn merge(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
                 });
             };
             for (mk, mv) in m {
-                if !merged.iter().any(|(x, _)| x.value == mk.value) {
+                if seen.insert(&mk) {
                     merged.push((mk, mv));
                 }
             }
         }
     }
-    let mut out =
-        merged.into_iter().filter(|(mk, _)| !own.iter().any(|(k, _)| k.value == mk.value)).collect::<Vec<_>>();
+    let mut written = Keys::default();
+    for (k, _) in &own {
+        written.insert(k);
+    }
+    let mut out = merged.into_iter().filter(|(mk, _)| !written.contains(mk)).collect::<Vec<_>>();
     out.extend(own);
     Ok(out)
+}
+
+/// A set of map keys: scalars hashed (maps can hold many keys), anything else compared in turn.
+#[derive(Default)]
+struct Keys {
+    scalars: std::collections::HashSet<(String, bool)>,
+    nulls: bool,
+    others: Vec<Value>,
+}
+
+impl Keys {
+    /// Adds `k`; false when it was already there.
+    fn insert(&mut self, k: &Node) -> bool {
+        if self.contains(k) {
+            return false;
+        }
+        match &k.value {
+            Value::Scalar { text, plain } => {
+                self.scalars.insert((text.clone(), *plain));
+            }
+            Value::Null => self.nulls = true,
+            v => self.others.push(v.clone()),
+        }
+        true
+    }
+
+    fn contains(&self, k: &Node) -> bool {
+        match &k.value {
+            Value::Scalar { text, plain } => self.scalars.contains(&(text.clone(), *plain)),
+            Value::Null => self.nulls,
+            v => self.others.contains(v),
+        }
+    }
 }
 
 fn is_merge_key(k: &Node) -> bool {
@@ -267,5 +434,35 @@ mod tests {
         assert_eq!(doc.get("a").and_then(Node::bool), None);
         assert_eq!(doc.get("b").and_then(Node::bool), Some(true));
         assert!(doc.get("c").expect("c").is_null());
+    }
+
+    #[test]
+    fn aliases_count_as_the_copies_they_become() {
+        let small = Limits { bytes: 1 << 20, nodes: 100, text: 1000, depth: 8 };
+        // 1 + 10 + 10 + 1 (list) ... the third level passes 100 nodes.
+        let doc = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b]\n";
+        let e = parse_within(doc, small).expect_err("too many nodes");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("past 100 nodes") && e.message.contains("limit"), "{e}");
+        let doc = format!("a: &a '{}'\nb: [*a, *a, *a]\n", "x".repeat(300));
+        let e = parse_within(&doc, small).expect_err("too much text");
+        assert!(e.message.contains("past 1000 bytes of text"), "{e}");
+        let e = parse_within("a: [[[[[[[[[1]]]]]]]]]\n", small).expect_err("too deep");
+        assert!(e.message.contains("deeper than 8 levels"), "{e}");
+        let e = parse_within(&"x".repeat(2 << 20), small).expect_err("too big");
+        assert!(e.message.contains("the limit is 1048576 bytes"), "{e}");
+        assert!(parse_within("a: &a [x, x]\nb: [*a, *a]\n", small).is_ok());
+    }
+
+    #[test]
+    fn merge_keys_over_many_keys_keep_yaml_order_rules() {
+        let base: String = (0..20_000).map(|i| format!("  k{i}: base\n")).collect();
+        let doc = format!("base: &b\n{base}  1: one\nuse:\n  <<: [*b, {{k0: second, extra: second}}]\n  k1: own\n");
+        let doc = parse(&doc).expect("parses");
+        let u = doc.get("use").expect("use");
+        assert_eq!(u.map().map(<[_]>::len), Some(20_002));
+        assert_eq!(u.get("k0").and_then(Node::str), Some("base"), "the first merged map wins");
+        assert_eq!(u.get("k1").and_then(Node::str), Some("own"), "keys written in the map win");
+        assert_eq!(u.get("extra").and_then(Node::str), Some("second"));
     }
 }

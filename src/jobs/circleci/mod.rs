@@ -247,7 +247,23 @@ pub struct ConfigFile {
     root: Node,
     version: String,
     orbs: HashMap<String, String>,
+    /// Expansion work spent resolving jobs so far (see [`MAX_WORK`]).
+    work: std::cell::Cell<usize>,
+    /// Where the work first passed [`MAX_WORK`].
+    exhausted: std::cell::Cell<Option<usize>>,
+    /// Position of each name in `jobs`, `commands` and `executors` (the first of duplicates), so
+    /// a file of many names resolves in linear time.
+    index: HashMap<&'static str, HashMap<String, usize>>,
 }
+
+/// Expansion work one config may take while its jobs are resolved: a unit per command called,
+/// node substituted or copied from a parameter (and per 64 bytes of its text), matrix instance.
+/// A config that nests commands or parameters ten deep, ten wide, would otherwise expand to
+/// billions of steps; the largest of the shared real configs takes about 1,100 for all its jobs.
+pub const MAX_WORK: usize = 500_000;
+
+/// Jobs one `matrix:` may expand to.
+pub const MAX_MATRIX: usize = 1_000;
 
 const JOB_KEYS: &[&str] = &[
     "docker",
@@ -331,7 +347,24 @@ impl ConfigFile {
                 orbs.insert(name, reference);
             }
         }
-        let cfg = Self { file: file.to_string(), root, version, orbs };
+        let mut cfg = Self {
+            file: file.to_string(),
+            root,
+            version,
+            orbs,
+            work: std::cell::Cell::new(0),
+            exhausted: std::cell::Cell::new(None),
+            index: HashMap::new(),
+        };
+        for section in ["jobs", "commands", "executors"] {
+            let mut names = HashMap::new();
+            for (i, (k, _)) in cfg.section(section).iter().enumerate() {
+                if let Some(name) = k.str() {
+                    names.entry(name.to_string()).or_insert(i);
+                }
+            }
+            cfg.index.insert(section, names);
+        }
         let jobs = cfg.root.get("jobs").ok_or_else(|| err(1, "no `jobs:`".into()))?;
         if jobs.map().is_none() {
             return Err(err(jobs.line, format!("`jobs:` is a map of job names, not {}", jobs.kind())));
@@ -344,6 +377,11 @@ impl ConfigFile {
             }
         }
         Ok(cfg)
+    }
+
+    /// The document tree.
+    pub fn root(&self) -> &Node {
+        &self.root
     }
 
     /// The file as given.
@@ -360,12 +398,51 @@ impl ConfigFile {
         CircleError { file: self.file.clone(), line, message: message.into() }
     }
 
+    /// Counts `n` units of expansion work done at `line` against [`MAX_WORK`].
+    pub(super) fn charge(&self, n: usize, line: usize) -> Result<(), CircleError> {
+        let spent = self.work.get().saturating_add(n);
+        self.work.set(spent);
+        if spent <= MAX_WORK {
+            return Ok(());
+        }
+        let first = *self.exhausted.get().get_or_insert(line);
+        self.exhausted.set(Some(first));
+        Err(self.work_error(first))
+    }
+
+    fn work_error(&self, line: usize) -> CircleError {
+        self.err(
+            line,
+            format!(
+                "resolving the jobs of this file expands past {MAX_WORK} nodes (commands called, parameters \
+                 substituted, matrix instances), its limit"
+            ),
+        )
+    }
+
+    /// The error of a file whose resolution passed [`MAX_WORK`], once any job has passed it.
+    pub fn exhausted(&self) -> Option<CircleError> {
+        self.exhausted.get().map(|line| self.work_error(line))
+    }
+
+    /// Expansion work spent so far.
+    pub fn work(&self) -> usize {
+        self.work.get()
+    }
+
     pub(super) fn section(&self, name: &str) -> &[(Node, Node)] {
         self.root.get(name).and_then(Node::map).unwrap_or_default()
     }
 
     pub(super) fn lookup<'n>(&'n self, section: &str, name: &str) -> Option<&'n Node> {
-        self.section(section).iter().find(|(k, _)| k.str() == Some(name)).map(|(_, v)| v)
+        self.entry(section, name).map(|(_, v)| v)
+    }
+
+    fn entry<'n>(&'n self, section: &str, name: &str) -> Option<&'n (Node, Node)> {
+        match self.index.get(section) {
+            Some(names) => self.section(section).get(*names.get(name)?),
+            None => self.section(section).iter().find(|(k, _)| k.str() == Some(name)),
+        }
     }
 
     /// The names of the jobs the file defines, in order.
@@ -445,6 +522,13 @@ impl ConfigFile {
         for (k, v) in params {
             let name = k.str().unwrap_or_default().to_string();
             let values = v.seq().ok_or_else(|| self.err(v.line, format!("matrix parameter {name} is a list")))?;
+            let count = combos.len().saturating_mul(values.len());
+            if count > MAX_MATRIX {
+                return Err(
+                    self.err(m.line, format!("this matrix expands to {count} or more jobs; the limit is {MAX_MATRIX}"))
+                );
+            }
+            self.charge(count, v.line)?;
             let mut next = Vec::new();
             for c in &combos {
                 for val in values {
@@ -564,7 +648,7 @@ impl ConfigFile {
             Some(w) => (w.job.clone(), w.params.clone()),
             None => (name.to_string(), Vec::new()),
         };
-        let Some((key, def)) = self.section("jobs").iter().find(|(k, _)| k.str() == Some(def_name.as_str())) else {
+        let Some((key, def)) = self.entry("jobs", &def_name) else {
             let mut names = self.job_names();
             for w in self.workflow_jobs().unwrap_or_default() {
                 if !names.contains(&w.name) && self.lookup("jobs", &w.job).is_some() {
@@ -593,6 +677,7 @@ impl ConfigFile {
     ) -> Result<Scope<'a>, CircleError> {
         let mut scope = Scope { pipeline, ..Default::default() };
         for (k, v) in self.section("parameters") {
+            self.charge(1, k.line)?;
             if let (Some(name), Some(d)) = (k.str(), v.get("default")) {
                 scope.pipeline_defaults.insert(name.to_string(), d.clone());
             }
@@ -687,6 +772,29 @@ workflows:
         assert_eq!(w.resource_class, "windows.medium");
         assert!(!cfg.job("test-lin", &BTreeMap::new(), &Pipeline::default()).expect("instance").windows);
         assert_eq!(cfg.summaries()[0].kind, JobKind::Parametrized);
+    }
+
+    #[test]
+    fn nested_commands_and_parameters_stop_at_the_work_limit() {
+        let mut text = String::from(
+            "version: 2.1\ncommands:\n  c0:\n    parameters: {s: {type: steps}}\n    steps: [{run: echo}]\n",
+        );
+        for i in 1..10 {
+            let refs = ["<< parameters.s >>"; 10].join(", ");
+            text += &format!(
+                "  c{i}:\n    parameters: {{s: {{type: steps}}}}\n    steps:\n      - c{}: {{s: [{refs}]}}\n",
+                i - 1
+            );
+        }
+        text += "jobs:\n  build:\n    machine: true\n    steps:\n      - c9: {s: [{run: x}]}\n";
+        let cfg = ConfigFile::parse(&text, "c.yml").expect("parses");
+        let e = cfg.job("build", &BTreeMap::new(), &Pipeline::default()).expect_err("explodes");
+        assert!(e.to_string().starts_with("c.yml:") && e.message.contains("expands past 500000"), "{e}");
+        assert!(cfg.exhausted().is_some());
+        // Every later job of the file is refused the same way, without more work.
+        let spent = cfg.work();
+        assert!(cfg.job("build", &BTreeMap::new(), &Pipeline::default()).is_err());
+        assert!(cfg.work() <= spent + 10);
     }
 
     #[test]

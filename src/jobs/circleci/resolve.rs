@@ -16,6 +16,7 @@ impl ConfigFile {
         let decl = decl.and_then(Node::map).unwrap_or_default();
         for (k, v) in decl {
             if let (Some(n), Some(d)) = (k.str(), v.get("default")) {
+                self.charge(weight(d, MAX_WORK), d.line)?;
                 params.insert(n.to_string(), d.clone());
             }
         }
@@ -46,6 +47,7 @@ impl ConfigFile {
         if depth > MAX_DEPTH {
             return Err(self.err(node.line, "parameters nest too deeply"));
         }
+        self.charge(cost(node), node.line)?;
         Ok(match &node.value {
             Value::Scalar { text, plain } if text.contains("<<") => {
                 let t = text.trim();
@@ -87,7 +89,10 @@ impl ConfigFile {
         let scalar = |s: String| Some(Node { line, value: Value::Scalar { text: s, plain: false } });
         if let Some(p) = r.strip_prefix("parameters.") {
             return match scope.params.get(p) {
-                Some(v) => Ok(Some(v.clone())),
+                Some(v) => {
+                    self.charge(weight(v, MAX_WORK), line)?;
+                    Ok(Some(v.clone()))
+                }
                 None => unknown("no such parameter, or it has no value (give it in the workflow or with --param)"),
             };
         }
@@ -395,6 +400,7 @@ impl ConfigFile {
                     ));
                 }
                 n => {
+                    self.charge(1, line)?;
                     let Some(cmd) = self.lookup("commands", n) else {
                         return Err(self.err(line, format!("unknown step or command {n:?}")));
                     };
@@ -506,6 +512,32 @@ impl ConfigFile {
         }
         Ok(truthy(c))
     }
+}
+
+/// What copying one node costs against [`MAX_WORK`]: one, and one per 64 bytes of its text.
+pub(super) fn cost(n: &Node) -> usize {
+    1 + n.str().map_or(0, |t| t.len() / 64)
+}
+
+/// What copying `n` costs, counted up to `cap`.
+pub(super) fn weight(n: &Node, cap: usize) -> usize {
+    fn walk(n: &Node, left: &mut usize) {
+        if *left == 0 {
+            return;
+        }
+        *left = left.saturating_sub(cost(n));
+        match &n.value {
+            Value::Seq(items) => items.iter().for_each(|i| walk(i, left)),
+            Value::Map(entries) => entries.iter().for_each(|(k, v)| {
+                walk(k, left);
+                walk(v, left);
+            }),
+            _ => {}
+        }
+    }
+    let mut left = cap;
+    walk(n, &mut left);
+    cap - left
 }
 
 pub(super) fn strip(def: &Node, keys: &[&str]) -> Node {
