@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, starts a private
 # PostgreSQL (unless VMFLEET_TEST_PG_URL already points at one) and the moto EC2 emulator (unless
-# VMFLEET_TEST_MOTO_URL points at one), then runs the format check, clippy and every test.
+# VMFLEET_TEST_MOTO_URL points at one), then runs the format check, clippy and every test
+# (or, with VMFLEET_TEST_ONLY="cargo test arguments", just those tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,14 @@ if [ -z "${VMFLEET_TEST_MOTO_URL:-}" ]; then
         sleep 0.2
     done
     export VMFLEET_TEST_MOTO_URL="http://127.0.0.1:$motoport"
+fi
+
+if [ -n "${VMFLEET_TEST_ONLY:-}" ]; then
+    # One test target with the services above (scripts/chaos.sh): no format check or clippy.
+    log "cargo test $VMFLEET_TEST_ONLY"
+    # shellcheck disable=SC2086
+    cargo test $VMFLEET_TEST_ONLY -- --nocapture
+    exit 0
 fi
 
 log "cargo fmt --check"

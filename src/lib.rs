@@ -19,3 +19,4 @@ pub mod metrics_out;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod yaml;

@@ -470,6 +470,13 @@ asg_policies:
 ";
 
     #[test]
+    fn a_hostile_policy_file_is_refused_with_its_line_and_limit() {
+        let deep = format!("pools: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let e = Policies::from_texts(&[("p.yaml".into(), deep)], &Config::default()).expect_err("deep");
+        assert!(e.to_string().contains("p.yaml:1") && e.message.contains("deeper than 32 levels"), "{e}");
+    }
+
+    #[test]
     fn lines_of_key_paths() {
         assert_eq!(line_of_path(TEXT, &["limits", "max_instances"]), Some(2));
         assert_eq!(line_of_path(TEXT, &["pools", "0"]), Some(4));
@@ -490,8 +497,6 @@ asg_policies:
         let p = Policies::load_file(&file, &config).expect("the simulator reads it");
         let st = p.pools[0].stopped.expect("stopped");
         assert_eq!((st.min, st.max), (2, Some(4)));
-        let policy = crate::fleet::scaler_policy(&p.pools[0], None);
-        assert_eq!((policy.min_stopped, policy.max_stopped), (2, Some(4)));
         let e = Policies::load_dir(dir.path(), &config).expect_err("the service refuses it");
         assert!(e.message.contains("machine/default/medium") && e.message.contains("stopped"), "{e}");
         for (bad, key) in [

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use vmfleet::jobs::circleci::{ConfigFile, JobKind, Pipeline, MAX_WORK};
-use vmfleet::jobs::yaml::Limits;
+use vmfleet::yaml::Limits;
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/circleci-configs")

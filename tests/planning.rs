@@ -123,3 +123,15 @@ async fn one_snapshot_gives_the_same_actions_in_the_service_and_the_simulator() 
         ]
     );
 }
+
+#[test]
+fn a_stopped_tier_reaches_the_planner_as_the_policy_says() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("stopped.yaml");
+    let text = "pools:\n  - executor: machine\n    max_instances: 5\n    stopped: {min: 2, max: 4}\n";
+    std::fs::write(&file, text).expect("write");
+    let config = vmfleet::config::Config::default();
+    let p = vmfleet::policy::Policies::load_file(&file, &config).expect("the simulator reads it");
+    let policy = vmfleet::fleet::scaler_policy(&p.pools[0], None);
+    assert_eq!((policy.min_stopped, policy.max_stopped), (2, Some(4)));
+}

@@ -17,6 +17,15 @@ fn op(summary: &str, scope: &str, ok: &str, extra: &[(&str, &str)]) -> Value {
 
 const BODY_413: &str = "the body is larger than the route takes (10 MiB for a job, 256 KiB otherwise)";
 
+/// `op` with a JSON request body of schema `schema` (a component name).
+fn with_body(mut op: Value, schema: &str, required: bool) -> Value {
+    op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    op
+}
+
+const PROJECT: &str = r"^[A-Za-z0-9_./@:-]{1,200}$";
+const NAME_PART: &str = r"^[A-Za-z0-9_.-]{1,100}$";
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
@@ -29,7 +38,7 @@ pub fn spec() -> Value {
         "201",
         &[("400", "malformed body or unknown executor, image, resource class or project"), ("413", BODY_413)],
     );
-    request["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskRequest"}}}});
+    request = with_body(request, "TaskRequest", true);
     let with_id = |mut v: Value| {
         v["parameters"] = id_param();
         v
@@ -62,13 +71,13 @@ pub fn spec() -> Value {
             "/api/v1/vms/{id}/drain": {"post": with_id(op("Give a VM no new work", "operator", "200", &[("404", "no such VM")]))},
             "/api/v1/images": {
                 "get": op("The image catalog: versions and aliases", "operator", "200", &[]),
-                "post": op("Register an image version {name, version, kind, arch, amis}", "operator, image-publisher", "201", &[("400", "a bad field, named"), ("409", "that version is registered already"), ("413", BODY_413)]),
+                "post": with_body(op("Register an image version {name, version, kind, arch, amis}", "operator, image-publisher", "201", &[("400", "a bad field, named"), ("409", "that version is registered already"), ("413", BODY_413)]), "RegisterImage", true),
             },
             "/api/v1/images/{name}": {"get": with_id_name(op("An image's versions, aliases and alias history", "operator", "200", &[("404", "no such image")]))},
-            "/api/v1/images/{name}/promote": {"post": with_id_name(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("404", "no such version")]))},
-            "/api/v1/images/{name}/rollback": {"post": with_id_name(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("409", "nothing to roll back to")]))},
+            "/api/v1/images/{name}/promote": {"post": with_id_name(with_body(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("400", "a bad field, named"), ("404", "no such version"), ("413", BODY_413)]), "Promote", true))},
+            "/api/v1/images/{name}/rollback": {"post": with_id_name(with_body(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("400", "a bad field, named"), ("404", "no such alias"), ("409", "nothing to roll back to"), ("413", BODY_413)]), "Rollback", false))},
             "/api/v1/jobs": {
-                "post": op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line (a config past its limits included), or a job this installation cannot run"), ("413", BODY_413)]),
+                "post": with_body(op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line (a config past its limits included), or a job this installation cannot run"), ("413", BODY_413)]), "JobSubmission", true),
                 "get": op("List jobs, newest first (query: state, limit)", "operator", "200", &[("400", "bad query")]),
             },
             "/api/v1/jobs/{id}": {"get": with_id(op("Show a job (id or number) with its tasks and their steps", "operator, agent", "200", &[("404", "no such job")]))},
@@ -89,8 +98,32 @@ pub fn spec() -> Value {
                     "executor": {"type": "string", "enum": ["machine", "remote-docker"]},
                     "image": {"type": "string", "default": "default"},
                     "resource_class": {"type": "string", "default": "medium"},
-                    "project": {"type": "string"},
+                    "project": {"type": "string", "pattern": PROJECT},
                     "docker_layer_caching": {"type": "boolean", "default": false},
+                }},
+                "RegisterImage": {"type": "object", "required": ["name", "version", "kind", "amis"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "pattern": NAME_PART},
+                    "version": {"type": "string", "pattern": NAME_PART},
+                    "kind": {"type": "string", "enum": ["linux", "windows", "gpu", "remote-docker"]},
+                    "arch": {"type": "string", "enum": ["x86_64", "arm64"], "default": "x86_64"},
+                    "amis": {"type": "object", "minProperties": 1, "description": "AMI per region, such as {\"us-east-1\": \"ami-0a1b2c3d\"}", "additionalProperties": {"type": "string", "pattern": r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"}},
+                }},
+                "Promote": {"type": "object", "required": ["version"], "additionalProperties": false, "properties": {
+                    "version": {"type": "string"},
+                    "alias": {"type": "string"},
+                }},
+                "Rollback": {"type": "object", "additionalProperties": false, "properties": {"alias": {"type": "string"}}},
+                "JobSubmission": {"type": "object", "required": ["config", "job", "project"], "additionalProperties": false, "properties": {
+                    "config": {"type": "string", "description": "the CircleCI config's text (at most 4 MiB)"},
+                    "config_file": {"type": "string"},
+                    "job": {"type": "string"},
+                    "project": {"type": "string", "pattern": PROJECT},
+                    "repo": {"type": "string"},
+                    "revision": {"type": "string"},
+                    "branch": {"type": "string"},
+                    "deploy_key": {"type": "string", "description": "an SSH private key `checkout` clones with"},
+                    "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "pipeline_parameters": {"type": "object", "additionalProperties": {"type": "string"}},
                 }},
             },
         },

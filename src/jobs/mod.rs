@@ -13,7 +13,7 @@
 pub mod circleci;
 mod runner;
 pub mod script;
-pub mod yaml;
+pub use crate::yaml;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

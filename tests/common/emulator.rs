@@ -37,7 +37,24 @@ struct Faults {
     /// Actions forwarded to the emulator whose answer is then withheld, as if the caller died
     /// while waiting for it.
     hold: Vec<String>,
+    /// Until when every mutating call is answered `RequestLimitExceeded`.
+    throttle_until: Option<std::time::Instant>,
+    /// Mutating calls answered so while throttling.
+    throttled: usize,
 }
+
+/// The EC2 actions that change something (what AWS throttles per account in its mutating bucket).
+const MUTATING: &[&str] = &[
+    "RunInstances",
+    "TerminateInstances",
+    "StopInstances",
+    "StartInstances",
+    "CreateTags",
+    "CreateVolume",
+    "AttachVolume",
+    "DetachVolume",
+    "DeleteVolume",
+];
 
 impl FaultProxy {
     /// Starts the proxy for `upstream`; returns it and its URL.
@@ -74,6 +91,16 @@ impl FaultProxy {
         self.inner.lock().expect("lock").hold.clear();
     }
 
+    /// Answers every mutating call with `RequestLimitExceeded` for `window` from now.
+    pub fn throttle_mutations(&self, window: std::time::Duration) {
+        self.inner.lock().expect("lock").throttle_until = Some(std::time::Instant::now() + window);
+    }
+
+    /// Mutating calls answered with throttling by [`FaultProxy::throttle_mutations`] so far.
+    pub fn throttled(&self) -> usize {
+        self.inner.lock().expect("lock").throttled
+    }
+
     /// Request bodies of `action` seen so far (injected or forwarded).
     pub fn seen(&self, action: &str) -> Vec<String> {
         let kv = format!("Action={action}");
@@ -93,7 +120,14 @@ async fn forward(
         let mut f = proxy.inner.lock().expect("lock");
         f.seen.push(text.clone());
         let pos = f.queue.iter().position(|(a, _, _)| text.split('&').any(|x| x == format!("Action={a}")));
-        pos.and_then(|i| f.queue.remove(i))
+        let throttling = f.throttle_until.is_some_and(|t| std::time::Instant::now() < t)
+            && MUTATING.iter().any(|a| text.split('&').any(|x| x == format!("Action={a}")));
+        if throttling {
+            f.throttled += 1;
+            Some((String::new(), "RequestLimitExceeded".to_string(), 503))
+        } else {
+            pos.and_then(|i| f.queue.remove(i))
+        }
     };
     if let Some((_, code, status)) = fault {
         let xml = format!(

@@ -1,5 +1,6 @@
-//! YAML with line numbers: a small document tree built from `yaml-rust2`'s marked events, so
-//! every error about a CircleCI config can name its line.
+//! YAML with line numbers and a budget: a small document tree built from `yaml-rust2`'s marked
+//! events, so every error about a CircleCI config can name its line, and every reader of YAML
+//! (CircleCI configs, the configuration, policy files) can bound what one document costs.
 //!
 //! # Design
 //! serde's YAML value types drop positions, and CircleCI files lean on anchors, aliases and

@@ -1,0 +1,160 @@
+//! The parser and resolver on small configs.
+
+use super::*;
+
+fn job(text: &str, name: &str) -> Result<JobSpec, CircleError> {
+    ConfigFile::parse(text, "c.yml")?.job(name, &BTreeMap::new(), &Pipeline::default())
+}
+
+#[test]
+fn executors_commands_and_parameters() {
+    let text = r#"
+version: 2.1
+parameters:
+  greeting: {type: string, default: hello}
+executors:
+  big:
+    parameters:
+      size: {type: string, default: large}
+    machine: {image: ubuntu-2204:current, docker_layer_caching: true}
+    resource_class: << parameters.size >>
+    environment: {A: "1"}
+commands:
+  say:
+    parameters:
+      what: {type: string}
+    steps:
+      - run: echo << parameters.what >> << pipeline.parameters.greeting >>
+jobs:
+  build:
+    executor: {name: big, size: xlarge}
+    parallelism: 3
+    environment:
+      - B: "2"
+    steps:
+      - checkout
+      - say: {what: world}
+      - run:
+          name: fails
+          command: exit 1
+          when: always
+          no_output_timeout: 20m
+      - save_cache: {key: x, paths: [a]}
+"#;
+    let j = job(text, "build").expect("resolves");
+    assert_eq!(j.executor, Executor::Machine { image: "ubuntu-2204:current".into(), docker_layer_caching: true });
+    assert_eq!(j.resource_class, "xlarge");
+    assert_eq!(j.parallelism, 3);
+    assert_eq!(j.environment, vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
+    assert_eq!(j.steps.len(), 4);
+    let Step::Run(r) = &j.steps[1] else { panic!("run") };
+    assert_eq!(r.command, "echo world hello");
+    let Step::Run(r) = &j.steps[2] else { panic!("run") };
+    assert_eq!((r.when, r.no_output_timeout), (When::Always, Some(Duration::from_secs(1200))));
+    assert!(matches!(&j.steps[3], Step::Unsupported { name, .. } if name == "save_cache"));
+}
+
+#[test]
+fn matrix_instances_and_windows_by_class() {
+    let text = r#"
+version: 2.1
+executors:
+  win: {machine: true, resource_class: windows.medium}
+  lin: {machine: {image: default}}
+jobs:
+  test:
+    parameters:
+      e: {type: executor}
+    executor: << parameters.e >>
+    steps: [{run: echo hi}]
+workflows:
+  w:
+    jobs:
+      - test:
+          matrix:
+            parameters:
+              e: [lin, win]
+"#;
+    let cfg = ConfigFile::parse(text, "c.yml").expect("parses");
+    let names: Vec<String> = cfg.workflow_jobs().expect("workflows").into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["test-lin", "test-win"]);
+    let w = cfg.job("test-win", &BTreeMap::new(), &Pipeline::default()).expect("instance");
+    assert!(w.windows);
+    assert_eq!(w.resource_class, "windows.medium");
+    assert!(!cfg.job("test-lin", &BTreeMap::new(), &Pipeline::default()).expect("instance").windows);
+    assert_eq!(cfg.summaries()[0].kind, JobKind::Parametrized);
+}
+
+#[test]
+fn nested_commands_and_parameters_stop_at_the_work_limit() {
+    let mut text =
+        String::from("version: 2.1\ncommands:\n  c0:\n    parameters: {s: {type: steps}}\n    steps: [{run: echo}]\n");
+    for i in 1..10 {
+        let refs = ["<< parameters.s >>"; 10].join(", ");
+        text += &format!(
+            "  c{i}:\n    parameters: {{s: {{type: steps}}}}\n    steps:\n      - c{}: {{s: [{refs}]}}\n",
+            i - 1
+        );
+    }
+    text += "jobs:\n  build:\n    machine: true\n    steps:\n      - c9: {s: [{run: x}]}\n";
+    let cfg = ConfigFile::parse(&text, "c.yml").expect("parses");
+    let e = cfg.job("build", &BTreeMap::new(), &Pipeline::default()).expect_err("explodes");
+    assert!(e.to_string().starts_with("c.yml:") && e.message.contains("expands past 500000"), "{e}");
+    assert!(cfg.exhausted().is_some());
+    // Every later job of the file is refused the same way, without more work.
+    let spent = cfg.work();
+    assert!(cfg.job("build", &BTreeMap::new(), &Pipeline::default()).is_err());
+    assert!(cfg.work() <= spent + 10);
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    stepz: []\n", "a").expect_err("unknown key");
+    assert_eq!((e.line, e.file.as_str()), (5, "c.yml"));
+    assert!(e.message.contains("stepz"), "{e}");
+    let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    steps: [{run: {comand: x}}]\n", "a")
+        .expect_err("unknown run key");
+    assert!(e.message.contains("comand"), "{e}");
+    let e = job("version: 2.1\njobs:\n  a:\n    machine: true\n    steps: [checkout]\n", "b").expect_err("no job");
+    assert!(e.message.contains("it has: a"), "{e}");
+    let e = job("version: 2.1\norbs:\n  node: circleci/node@5\njobs:\n  a:\n    machine: true\n    steps:\n      - node/install\n", "a")
+            .expect_err("orb");
+    assert_eq!(e.line, 8);
+    assert!(e.message.contains("circleci/node@5"), "{e}");
+    let e = ConfigFile::parse("version: 2.1\njobs: [\n", "c.yml").expect_err("yaml");
+    assert!(e.to_string().starts_with("c.yml:"), "{e}");
+}
+
+#[test]
+fn windows_orb_executors_map_to_the_builtin_image() {
+    let text = "version: 2.1\norbs:\n  win: circleci/windows@2.3.0\njobs:\n  a:\n    executor: {name: win/default, size: large}\n    steps: [{run: dir}]\n";
+    let j = job(text, "a").expect("maps");
+    assert!(j.windows);
+    assert_eq!(j.resource_class, "windows.large");
+    assert_eq!(j.shell.as_deref(), Some("powershell.exe"));
+}
+
+#[test]
+fn when_steps_and_step_parameters() {
+    let text = r#"
+version: 2.1
+jobs:
+  a:
+    parameters:
+      extra: {type: steps, default: [{run: echo extra}]}
+      on: {type: boolean, default: false}
+    machine: true
+    steps:
+      - steps: << parameters.extra >>
+      - when:
+          condition: << parameters.on >>
+          steps: [{run: echo on}]
+      - unless:
+          condition: {equal: [a, << parameters.on >>]}
+          steps: [{run: echo off}]
+"#;
+    let j = job(text, "a").expect("resolves");
+    let cmds: Vec<&str> =
+        j.steps.iter().filter_map(|s| if let Step::Run(r) = s { Some(r.command.as_str()) } else { None }).collect();
+    assert_eq!(cmds, ["echo extra", "echo off"]);
+}
