@@ -936,6 +936,20 @@ impl ServiceApi {
             .collect()
     }
 
+    /// The task as the API shows it, with its VM's record, for the campaign's log.
+    async fn post_mortem(&self, task_url: &str) -> String {
+        let get = |url: String| async move {
+            let r = self.http.get(url).bearer_auth(&self.token).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        };
+        let task = get(task_url.to_string()).await.unwrap_or_default();
+        let vm = match task["vm_id"].as_str() {
+            Some(vm) => get(format!("{}/vms/{vm}", self.base)).await.unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        format!("task {task} vm {vm}")
+    }
+
     /// Waits up to `secs` for each task to be served (assigned) or failed with its reason, and
     /// releases it; answers (served, failed with a reason, neither: lost).
     async fn settle_and_release(&self, ids: &[String], secs: u64) -> (usize, usize, usize) {
@@ -959,7 +973,10 @@ impl ServiceApi {
             match state.as_str() {
                 "assigned" => served += 1,
                 "failed" => failed += 1,
-                _ => lost += 1,
+                _ => {
+                    lost += 1;
+                    eprintln!("unsettled: {}", self.post_mortem(&url).await);
+                }
             }
             let _ = self.http.delete(&url).bearer_auth(&self.token).send().await;
         }
@@ -1073,7 +1090,10 @@ async fn chaos_trial(e: &Env, tasks: usize, kill_after: std::time::Duration) -> 
     let instances_at_kill = tagged_instances(e, &e.install).await.len();
     let mut server = serve();
     wait_up(&config).await;
-    let (served, failed_with_reason, lost) = api.settle_and_release(&acknowledged, 240).await;
+    // A burst of 200 launches passes the mutation bucket (5 a second) in 40 s; moto on two
+    // cores answers slower still.
+    let settle = 240 + 2 * tasks as u64;
+    let (served, failed_with_reason, lost) = api.settle_and_release(&acknowledged, settle).await;
     let mut out = Trial {
         acknowledged: acknowledged.len(),
         instances_at_kill,

@@ -74,7 +74,16 @@ impl From<FleetError> for ApiError {
                 // The cause goes to the log only; the client gets an id to quote.
                 let id = crate::store::short_id();
                 let chain = error_chain(&e);
-                if e.is_transient() {
+                if e.is_disk_full() {
+                    tracing::error!(error_id = %id, error = %chain, "the store's disk is full");
+                    ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "disk_full",
+                        format!(
+                            "the store's disk is full: nothing was changed; try again once space is freed (id {id})"
+                        ),
+                    )
+                } else if e.is_transient() {
                     tracing::warn!(error_id = %id, error = %chain, "unavailable");
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -214,6 +223,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long `/status` waits for the database's answer.
+const STATUS_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn status(State(s): State<AppState>) -> Response {
     let config_error = s.config_error.read().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(reason) = config_error {
@@ -223,20 +235,30 @@ async fn status(State(s): State<AppState>) -> Response {
         let reason = format!("policies refused (the previous ones stay in force): {e}");
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"status": "error", "reason": reason}))).into_response();
     }
-    match s.fleet.store.ping().await {
-        Ok(()) => Json(json!({
-            "status": "ok",
-            "install_id": s.fleet.install_id,
-            "database": s.fleet.store.backend(),
-            "provider": s.fleet.provider.kind(),
-        }))
-        .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"status": "error", "reason": format!("database unreachable: {e}")})),
-        )
-            .into_response(),
+    let unhealthy = |reason: String| {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "reason": reason}))).into_response()
+    };
+    // A stopped database must not hold the health check for the pool's whole acquire timeout.
+    let ping = tokio::time::timeout(STATUS_PING_TIMEOUT, s.fleet.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_disk_full() => return unhealthy("the store's disk is full".into()),
+        Ok(Err(e)) => return unhealthy(format!("database unreachable: {e}")),
+        Err(_) => {
+            return unhealthy(format!("database unreachable: no answer within {} s", STATUS_PING_TIMEOUT.as_secs()))
+        }
     }
+    if let Some((since, reason)) = s.fleet.store_fault() {
+        let secs = (s.fleet.now() - since).max(0) / 1000;
+        return unhealthy(format!("reconcile passes failing for {secs} s: {reason}"));
+    }
+    Json(json!({
+        "status": "ok",
+        "install_id": s.fleet.install_id,
+        "database": s.fleet.store.backend(),
+        "provider": s.fleet.provider.kind(),
+    }))
+    .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {

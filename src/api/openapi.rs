@@ -8,6 +8,7 @@ fn op(summary: &str, scope: &str, ok: &str, extra: &[(&str, &str)]) -> Value {
         "401": {"$ref": "#/components/responses/Error"},
         "403": {"$ref": "#/components/responses/Error"},
         "503": {"$ref": "#/components/responses/Error"},
+        "507": {"$ref": "#/components/responses/Error"},
     });
     for (code, why) in extra {
         responses[*code] = json!({"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
@@ -51,7 +52,7 @@ pub fn spec() -> Value {
         "openapi": "3.0.3",
         "info": {"title": "vmfleet", "version": env!("CARGO_PKG_VERSION"), "description": "VM fleet and autoscaling controller for CI executors."},
         "paths": {
-            "/status": {"get": {"summary": "Health: 200 when healthy, 500 with a reason when the configuration is bad or the database unreachable", "security": [], "responses": {"200": {"description": "healthy"}, "500": {"description": "unhealthy, with a JSON reason"}}}},
+            "/status": {"get": {"summary": "Health: 200 when healthy; 500 with a reason when the configuration or the policies are bad; 503 with a reason while the database is unreachable, its disk full, or reconcile passes fail on it", "security": [], "responses": {"200": {"description": "healthy"}, "500": {"description": "misconfigured, with a JSON reason"}, "503": {"description": "unavailable, with a JSON reason"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format 0.0.4"}}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/api/v1/summary": {"get": op("Installation id, VMs by state per pool, tasks waiting and running, volumes", "operator", "200", &[])},

@@ -107,6 +107,11 @@ impl FleetError {
             _ => false,
         }
     }
+
+    /// Whether the store refused the change for want of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, FleetError::Store(e) if e.is_disk_full())
+    }
 }
 
 impl From<StoreError> for FleetError {
@@ -174,6 +179,9 @@ pub struct Fleet {
     policies: std::sync::RwLock<Arc<crate::policy::Policies>>,
     /// Why the policy files on disk were refused, while the last good ones stay in force.
     policy_error: std::sync::RwLock<Option<String>>,
+    /// The store error that stopped the last reconcile pass, and since when passes fail so;
+    /// `None` once a pass completes.
+    store_fault: Mutex<Option<(i64, String)>>,
     /// Alarm-driven warm targets by pool: (target, when it last changed).
     step_targets: Mutex<HashMap<String, (u32, Option<i64>)>>,
     /// Arrivals per pool for the forecast, and the newest arrival time read.
@@ -245,6 +253,7 @@ impl Fleet {
             aws: tokio::sync::OnceCell::new(),
             policies: std::sync::RwLock::new(Arc::new(crate::policy::Policies::from_config(&config_for_policies))),
             policy_error: std::sync::RwLock::new(None),
+            store_fault: Mutex::new(None),
             step_targets: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::Mutex::new((HashMap::new(), 0)),
             forecast_targets: Mutex::new(vmfleet_scaler::forecast::Targets::default()),
@@ -284,6 +293,25 @@ impl Fleet {
     /// Why the policy files on disk were last refused, if they were.
     pub fn policy_error(&self) -> Option<String> {
         self.policy_error.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why reconcile passes have been failing on the store, and since when (ms), if they are.
+    pub fn store_fault(&self) -> Option<(i64, String)> {
+        self.store_fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records how a reconcile pass ended, for `/status`.
+    fn pass_ended(&self, result: &Result<(), FleetError>) {
+        let mut fault = self.store_fault.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(e @ FleetError::Store(_)) => {
+                let reason = if e.is_disk_full() { "the store's disk is full".to_string() } else { e.to_string() };
+                let since = fault.as_ref().map_or_else(|| self.now(), |(t, _)| *t);
+                *fault = Some((since, reason));
+            }
+            Ok(()) => *fault = None,
+            Err(_) => {}
+        }
     }
 
     /// Reads the policy directory (if configured) and puts it in force; when it does not

@@ -18,7 +18,9 @@ impl Fleet {
                 }
             };
             if is_leader {
-                if let Err(e) = self.reconcile_once().await {
+                let result = self.reconcile_once().await;
+                self.pass_ended(&result);
+                if let Err(e) = result {
                     warn!(error = %e, "reconcile pass failed; retrying");
                     // A failed pass may mean a lost connection: lead again from scratch.
                     leader = None;

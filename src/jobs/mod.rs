@@ -334,23 +334,9 @@ impl Jobs {
         let settings = self.fleet.config.jobs;
         let lease_ms = settings.lease.as_millis() as i64;
         let now = now_ms();
-        for t in store.expired_job_tasks(now).await? {
-            if let Some(state) = store.requeue_expired(&t, settings.max_attempts, now).await? {
-                let owner = t.owner.as_deref().unwrap_or("?");
-                warn!(task = %t.id, job = %t.job_id, %owner, state, "claim expired; its VM is released");
-                let payload = format!("claim of {owner} expired at attempt {}; now {state}", t.attempt);
-                self.fleet.audit("workflow.job.requeue", "dispatcher", &t.id, &payload).await;
-                self.fleet.wake();
-                self.finish_job(&t.job_id).await;
-            }
-        }
         let renew_due = {
-            let mut last = self.last_renew.lock().unwrap_or_else(|p| p.into_inner());
-            let due = now - *last >= lease_ms / 3;
-            if due {
-                *last = now;
-            }
-            due
+            let last = self.last_renew.lock().unwrap_or_else(|p| p.into_inner());
+            now - *last >= lease_ms / 3
         };
         let mine: Vec<(String, watch::Sender<Option<Abort>>)> = self
             .running
@@ -365,6 +351,24 @@ impl Jobs {
                     warn!(task = %id, "claim lost; stopping the task");
                     let _ = abort.send(Some(Abort::ClaimLost));
                 }
+            }
+            // Only a pass that renewed them all counts: after a failed one the next pass tries again.
+            *self.last_renew.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
+        // Renewal comes first, and this process never requeues what it still runs: after the
+        // store was unreachable for longer than a lease, the owner keeps its tasks (and their
+        // VMs) rather than running them a second time.
+        for t in store.expired_job_tasks(now).await? {
+            if t.owner.as_deref() == Some(self.owner.as_str()) && mine.iter().any(|(id, _)| *id == t.id) {
+                continue;
+            }
+            if let Some(state) = store.requeue_expired(&t, settings.max_attempts, now).await? {
+                let owner = t.owner.as_deref().unwrap_or("?");
+                warn!(task = %t.id, job = %t.job_id, %owner, state, "claim expired; its VM is released");
+                let payload = format!("claim of {owner} expired at attempt {}; now {state}", t.attempt);
+                self.fleet.audit("workflow.job.requeue", "dispatcher", &t.id, &payload).await;
+                self.fleet.wake();
+                self.finish_job(&t.job_id).await;
             }
         }
         if !mine.is_empty() {
@@ -438,7 +442,20 @@ impl Jobs {
         out.sys(-1, &format!("task {} node {}: {status}", t.id, t.node_index));
         out.close().await;
         let reason = outcome.reason.as_deref();
-        match store.finish_job_task(&t.id, &self.owner, outcome.state, outcome.exit_code, reason, now_ms()).await {
+        // The claim stays renewed while this retries (the task is still ours), so an unreachable
+        // store delays the record of the outcome instead of running the task again.
+        use backon::{ExponentialBuilder, Retryable};
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(120)
+            .with_jitter();
+        let ended = (|| store.finish_job_task(&t.id, &self.owner, outcome.state, outcome.exit_code, reason, now_ms()))
+            .retry(policy)
+            .when(|e| matches!(e, StoreError::Db(_)))
+            .notify(|e, wait| warn!(task = %t.id, error = %e, ?wait, "could not record the task's end; retrying"))
+            .await;
+        match ended {
             Ok(true) => self.finish_job(&t.job_id).await,
             Ok(false) => warn!(task = %t.id, "claim lost before the task ended; its outcome is not recorded"),
             Err(e) => warn!(task = %t.id, error = %e, "could not record the task's end; the claim will expire"),

@@ -38,6 +38,23 @@ pub enum StoreError {
     Url(String),
 }
 
+impl StoreError {
+    /// Whether the database ran out of disk space (SQLite's SQLITE_FULL, PostgreSQL's
+    /// `disk_full` class 53100, or the OS's ENOSPC on either): nothing was written, and a retry
+    /// succeeds once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        let StoreError::Db(e) = self else { return false };
+        match e {
+            sqlx::Error::Database(d) => {
+                matches!(d.code().as_deref(), Some("13") | Some("53100"))
+                    || d.message().contains("No space left on device")
+            }
+            sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
 /// Which database a store talks to.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -358,13 +375,23 @@ impl Store {
                 .foreign_keys(true);
             // One connection whatever `max_connections` says: SQLite has one writer anyway, and
             // queueing in-process is far cheaper than its sleeping busy handler when writers collide.
-            Db::Sqlite(SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?)
+            // A connection that comes back still inside a transaction is closed, not reused: when
+            // SQLite rolls a transaction back by itself (a full disk), sqlx's ROLLBACK fails and
+            // its count of open transactions would refuse every later BEGIN on that connection.
+            Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
+                    .connect_with(opts)
+                    .await?,
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(redact_url(url)))?;
             Db::Postgres(
                 PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
                     .connect_with(opts)
                     .await?,
             )

@@ -123,3 +123,94 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A PostgreSQL server of the test's own, which it may stop and start (the shared one of the
+/// test command must stay up for the other tests).
+pub struct PrivatePg {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    socket_dir: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePg {
+    /// Initializes and starts one (as `postgres` when the test runs as root: initdb refuses root).
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed under /usr/lib/postgresql (./scripts/test.sh installs it)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("pg_ctl").exists())
+            .max()
+            .expect("a PostgreSQL bin directory");
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().join("data");
+        let pg = PrivatePg {
+            bin,
+            data,
+            socket_dir: dir.path().to_path_buf(),
+            port: std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port(),
+            _dir: dir,
+        };
+        if Self::as_root() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pg.socket_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        }
+        let out = pg
+            .command("initdb")
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-D"])
+            .arg(&pg.data)
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        pg.up();
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let exe = self.bin.join(program);
+        if Self::as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = self.command("pg_ctl").arg("-D").arg(&self.data).args(args).output().expect("pg_ctl");
+        assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.socket_dir.display()
+        );
+        let log = self.socket_dir.join("server.log");
+        self.pg_ctl(&["-w", "-l", &log.display().to_string(), "-o", &opts, "start"]);
+    }
+
+    /// Stops the server the way a crash or a failover does: connections are cut at once.
+    pub fn down(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self.command("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]).output();
+    }
+}
