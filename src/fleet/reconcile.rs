@@ -89,33 +89,50 @@ impl Fleet {
         Ok(())
     }
 
+    /// Launches every requested VM, up to [`LAUNCHES_IN_FLIGHT`] at a time: one at a time, a
+    /// burst of 200 waited 200 cloud round trips for its last VM (the provider's token bucket
+    /// still bounds the rate of calls).
     pub(super) async fn launch_requested(&self) -> Result<(), FleetError> {
-        for vm in self.store.vms(&[VmState::Requested]).await? {
-            let pool = self.pool_config(&vm.pool);
-            let spec = LaunchSpec {
-                vm_id: vm.id.clone(),
-                install_id: self.install_id.clone(),
-                pool: vm.pool.clone(),
-                image_id: vm.image_id.clone(),
-                instance_type: vm.instance_type.clone(),
-                fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
-                capacity: pool.as_ref().map(|p| p.capacity).unwrap_or_default(),
-                platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
-                ssh_user: vm.ssh_user.clone(),
-                ssh_public_key: vm.ssh_public_key.clone(),
-                tags: self.config.provider.tags.clone(),
-            };
-            match self.provider.launch(&spec).await {
-                Ok(inst) => {
-                    let itype = inst.instance_type.as_deref();
-                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, itype, self.now()).await?;
-                    info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "launched");
-                }
-                Err(ProvisionError::Invalid(m)) => {
-                    self.store.fail_vm(&vm.id, &format!("launch refused: {m}"), self.now()).await?;
-                }
-                Err(e) => warn!(vm = %vm.id, error = %e, "launch failed; will retry"),
+        use futures_util::stream::StreamExt;
+        let requested = self.store.vms(&[VmState::Requested]).await?;
+        // Boxed: a stream over a closure here trips the compiler's Send check of `run`'s future.
+        let launches: Vec<futures_util::future::BoxFuture<'_, Result<(), FleetError>>> =
+            requested.iter().map(|vm| Box::pin(self.launch_one(vm)) as _).collect();
+        let mut results = futures_util::stream::iter(launches).buffer_unordered(LAUNCHES_IN_FLIGHT);
+        let mut first_error = None;
+        while let Some(r) = results.next().await {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
             }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn launch_one(&self, vm: &VmRow) -> Result<(), FleetError> {
+        let pool = self.pool_config(&vm.pool);
+        let spec = LaunchSpec {
+            vm_id: vm.id.clone(),
+            install_id: self.install_id.clone(),
+            pool: vm.pool.clone(),
+            image_id: vm.image_id.clone(),
+            instance_type: vm.instance_type.clone(),
+            fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
+            capacity: pool.as_ref().map(|p| p.capacity).unwrap_or_default(),
+            platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
+            ssh_user: vm.ssh_user.clone(),
+            ssh_public_key: vm.ssh_public_key.clone(),
+            tags: self.config.provider.tags.clone(),
+        };
+        match self.provider.launch(&spec).await {
+            Ok(inst) => {
+                let itype = inst.instance_type.as_deref();
+                self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, itype, self.now()).await?;
+                info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "launched");
+            }
+            Err(ProvisionError::Invalid(m)) => {
+                self.store.fail_vm(&vm.id, &format!("launch refused: {m}"), self.now()).await?;
+            }
+            Err(e) => warn!(vm = %vm.id, error = %e, "launch failed; will retry"),
         }
         Ok(())
     }
@@ -131,6 +148,9 @@ impl Fleet {
         true
     }
 }
+
+/// How many launches one pass has in flight at once.
+const LAUNCHES_IN_FLIGHT: usize = 16;
 
 pub(super) async fn try_lead(pool: &sqlx::PgPool) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
     // A session-level advisory lock held on a dedicated connection: it is released when the
