@@ -14,4 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export VMFLEET_CHAOS_TRIALS=${1:-20} VMFLEET_CHAOS_TASKS=${2:-200} VMFLEET_CHAOS_SEED=${3:-1}
 export VMFLEET_CHAOS_THROTTLE_SECS=${4:-60} VMFLEET_CHAOS_PG_OUTAGE_SECS=${5:-30}
+# One campaign at a time: side by side they share one moto and two cores, and measure each other.
+export RUST_TEST_THREADS=1
 VMFLEET_TEST_ONLY="--test ec2 --test replicas chaos_" exec scripts/test.sh
