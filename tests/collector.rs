@@ -95,3 +95,39 @@ async fn an_unused_volume_is_collected_once_the_clock_passes_the_inactivity_peri
     fleet.reset().await.expect("reset");
     running.shutdown.trigger();
 }
+
+/// A VM whose instance stops before it is ready (on the local provider: its agent ends, as it
+/// does when the data directory's disk is full) fails at once with that reason, long before the
+/// VM start timeout, and its instance is terminated with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_whose_instance_stops_while_starting_fails_at_once_and_is_terminated() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = dir.path().join("dying-agent");
+    std::fs::write(&agent, "#!/bin/sh\nexit 1\n").expect("agent");
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut config = common::test_config(dir.path());
+    config.provider.local.agent_program = Some(agent);
+    config.timeouts.vm_start = Duration::from_secs(3600);
+    config.timeouts.ssh_connect = Duration::from_secs(3600);
+    let running = vmfleet::server::start(config, None).await.expect("start");
+    let fleet = running.fleet.clone();
+
+    let mut request = req("proj-a");
+    request.docker_layer_caching = false;
+    let task = fleet.request_task(&request).await.expect("request");
+    let failed = common::eventually(120, || async {
+        let t = fleet.store.task(&task.id).await.expect("task");
+        (t.state == "failed").then_some(t)
+    })
+    .await;
+    let reason = failed.failure_reason.clone().unwrap_or_default();
+    assert!(reason.contains("stopped before the VM was ready"), "{reason}");
+    let vm = fleet.store.vms(&[]).await.expect("vms").into_iter().find(|v| v.task_id.as_deref() == Some(&task.id));
+    let vm = vm.expect("the task's VM");
+    assert_eq!(vm.state, "failed");
+    let instance = vm.instance_id.clone().expect("launched");
+    common::eventually(30, || async { (!dir.path().join("local/instances").join(&instance).exists()).then_some(()) })
+        .await;
+    running.shutdown.trigger();
+}

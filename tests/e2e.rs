@@ -355,6 +355,7 @@ fn gc_dry_run_explains_and_gc_reaps_only_our_orphans() {
             ssh_user: "circleci".into(),
             ssh_public_key: vmfleet_provisioner::ssh::generate_keypair("k").expect("key").public_openssh,
             tags: Default::default(),
+            skip_lookup: false,
         };
         rt.block_on(provider.launch(&spec)).expect("launch").instance_id
     };

@@ -90,6 +90,7 @@ fn spec(e: &Env, vm: &str) -> LaunchSpec {
         ssh_user: "circleci".into(),
         ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest vm".into(),
         tags: BTreeMap::from([("team".into(), "ci".into())]),
+        skip_lookup: false,
     }
 }
 
@@ -955,6 +956,8 @@ impl ServiceApi {
     async fn settle_and_release(&self, ids: &[String], secs: u64) -> (usize, usize, usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         let (mut served, mut failed, mut lost) = (0, 0, 0);
+        // Why tasks failed, with ids and figures blanked so alike reasons count together.
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         for id in ids {
             let url = format!("{}/tasks/{id}", self.base);
             let state = loop {
@@ -965,6 +968,14 @@ impl ServiceApi {
                 };
                 let s = v["state"].as_str().unwrap_or_default().to_string();
                 let has_reason = v["failure_reason"].as_str().is_some_and(|r| !r.is_empty());
+                if s == "failed" && has_reason {
+                    let reason = v["failure_reason"].as_str().unwrap_or_default();
+                    let blanked: Vec<&str> = reason
+                        .split_whitespace()
+                        .map(|w| if w.bytes().any(|b| b.is_ascii_digit()) { "…" } else { w })
+                        .collect();
+                    *reasons.entry(blanked.join(" ")).or_default() += 1;
+                }
                 if s == "assigned" || (s == "failed" && has_reason) || std::time::Instant::now() > deadline {
                     break s;
                 }
@@ -979,6 +990,9 @@ impl ServiceApi {
                 }
             }
             let _ = self.http.delete(&url).bearer_auth(&self.token).send().await;
+        }
+        if !reasons.is_empty() {
+            eprintln!("failure reasons: {reasons:?}");
         }
         (served, failed, lost)
     }

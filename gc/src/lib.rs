@@ -363,6 +363,28 @@ pub enum GcAction {
 }
 
 impl GcAction {
+    /// Whether this only carries out what the store already decided (the instance of a
+    /// finished or released VM), rather than deciding anything: such actions are not bounded
+    /// by the budget.
+    pub fn carries_out_the_store(&self) -> bool {
+        matches!(
+            self,
+            GcAction::TerminateInstance {
+                reason: GcReason::FinishedLeaked { .. } | GcReason::ReleasedAlive { .. },
+                ..
+            }
+        )
+    }
+
+    /// The instance this action terminates, if any.
+    pub fn terminates(&self) -> Option<&str> {
+        match self {
+            GcAction::FailVm { instance_id, .. } => instance_id.as_deref(),
+            GcAction::TerminateInstance { instance_id, .. } => Some(instance_id),
+            _ => None,
+        }
+    }
+
     /// Why.
     pub fn reason(&self) -> &GcReason {
         match self {
@@ -440,13 +462,19 @@ fn days(ms: i64) -> String {
     }
 }
 
-/// Plans one pass. At most `budget` actions are returned, most urgent kinds first: VMs and
-/// instances (they cost money by the second), then tasks, then volumes.
+/// Plans one pass. At most `budget` decisions are returned, most urgent kinds first: VMs and
+/// instances (they cost money by the second), then tasks, then volumes. Terminating the
+/// instance of a VM the store already records as finished or released carries out a decision
+/// made before, so it is always planned, ahead of the rest and outside the budget: a crash that
+/// left hundreds of failed VMs running is cleaned up in one pass (the service terminates in
+/// batches).
 pub fn plan(snap: &Snapshot, now_ms: i64, s: &Settings, budget: usize) -> Vec<GcAction> {
-    let mut out = plan_vms(snap, now_ms, s);
-    plan_tasks(snap, now_ms, s, &mut out);
-    plan_volumes(snap, now_ms, s, &mut out);
-    out.truncate(budget);
+    let (mut out, mut decisions): (Vec<GcAction>, Vec<GcAction>) =
+        plan_vms(snap, now_ms, s).into_iter().partition(GcAction::carries_out_the_store);
+    plan_tasks(snap, now_ms, s, &mut decisions);
+    plan_volumes(snap, now_ms, s, &mut decisions);
+    decisions.truncate(budget);
+    out.append(&mut decisions);
     out
 }
 
@@ -900,5 +928,29 @@ mod tests {
         let got = plan(&snap, 10_000_000, &S, 3);
         assert_eq!(got.len(), 3);
         assert!(got.iter().all(|a| matches!(a, GcAction::TerminateInstance { .. })));
+    }
+
+    #[test]
+    fn instances_of_finished_vms_are_all_terminated_in_one_pass_whatever_the_budget() {
+        let now = 10_000_000;
+        let vms: Vec<_> = (0..200)
+            .map(|i| VmRecord {
+                vm_id: format!("vm-{i}"),
+                phase: if i % 2 == 0 { Phase::Done } else { Phase::Retiring },
+                instance_id: Some(format!("i-{i}")),
+                requested_at_ms: 0,
+                state_since_ms: 0,
+                task: None,
+            })
+            .collect();
+        let mut instances: Vec<_> = (0..200).map(|i| inst(&format!("i-{i}"), Some(&format!("vm-{i}")), 0)).collect();
+        // Orphans are decisions: bounded.
+        instances.extend((0..10).map(|i| inst(&format!("i-orphan-{i}"), None, 0)));
+        let snap = Snapshot { vms, instances, ..Default::default() };
+        let got = plan(&snap, now, &S, 3);
+        assert_eq!(got.iter().filter(|a| a.carries_out_the_store()).count(), 200);
+        assert_eq!(got.len(), 203);
+        assert!(got[..200].iter().all(GcAction::carries_out_the_store), "carried out first");
+        assert_eq!(got.iter().filter_map(GcAction::terminates).collect::<HashSet<_>>().len(), 203);
     }
 }

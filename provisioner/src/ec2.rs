@@ -531,12 +531,14 @@ impl Provider for Ec2Provider {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, ProvisionError> {
-        let mine = vec![
-            Filter::builder().name(format!("tag:{TAG_INSTALL}")).values(&spec.install_id).build(),
-            Filter::builder().name(format!("tag:{TAG_VM}")).values(&spec.vm_id).build(),
-        ];
-        if let Some(existing) = self.describe_filtered(mine).await?.into_iter().next() {
-            return Ok(existing);
+        if !spec.skip_lookup {
+            let mine = vec![
+                Filter::builder().name(format!("tag:{TAG_INSTALL}")).values(&spec.install_id).build(),
+                Filter::builder().name(format!("tag:{TAG_VM}")).values(&spec.vm_id).build(),
+            ];
+            if let Some(existing) = self.describe_filtered(mine).await?.into_iter().next() {
+                return Ok(existing);
+            }
         }
         let subnets = self.subnet_zones().await?;
         // Spread VMs over the subnets, starting at a place derived from the VM id.

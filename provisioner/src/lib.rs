@@ -107,6 +107,11 @@ pub struct LaunchSpec {
     pub ssh_public_key: String,
     /// Extra tags from the operator's configuration.
     pub tags: BTreeMap<String, String>,
+    /// The caller has just described the installation's instances and none is this VM's: the
+    /// provider skips its own lookup by the VM's tag (a burst of 200 launches would otherwise
+    /// make 200 describe calls). On EC2 the VM id as client token still keeps a repeated
+    /// launch from making a second instance.
+    pub skip_lookup: bool,
 }
 
 /// Which market an instance is bought in.

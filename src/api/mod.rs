@@ -75,12 +75,13 @@ impl From<FleetError> for ApiError {
                 let id = crate::store::short_id();
                 let chain = error_chain(&e);
                 if e.is_disk_full() {
-                    tracing::error!(error_id = %id, error = %chain, "the store's disk is full");
+                    tracing::error!(error_id = %id, error = %chain, "{}", crate::store::DISK_FULL);
                     ApiError::new(
                         StatusCode::INSUFFICIENT_STORAGE,
                         "disk_full",
                         format!(
-                            "the store's disk is full: nothing was changed; try again once space is freed (id {id})"
+                            "{}: nothing was changed; try again once space is freed (id {id})",
+                            crate::store::DISK_FULL
                         ),
                     )
                 } else if e.is_transient() {
@@ -242,7 +243,7 @@ async fn status(State(s): State<AppState>) -> Response {
     let ping = tokio::time::timeout(STATUS_PING_TIMEOUT, s.fleet.store.ping()).await;
     match ping {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_disk_full() => return unhealthy("the store's disk is full".into()),
+        Ok(Err(e)) if e.is_disk_full() => return unhealthy(crate::store::DISK_FULL.into()),
         Ok(Err(e)) => return unhealthy(format!("database unreachable: {e}")),
         Err(_) => {
             return unhealthy(format!("database unreachable: no answer within {} s", STATUS_PING_TIMEOUT.as_secs()))

@@ -357,9 +357,9 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let what = a.summary();
                 let verb = if *dry_run { "would" } else { "will" };
                 println!("{verb} {what}: {}", a.reason());
-                if !*dry_run {
-                    fleet.apply_gc(a).await?;
-                }
+            }
+            if !*dry_run {
+                fleet.apply_gc_all(&actions).await?;
             }
         }
         Cmd::Reset { yes, force } => {

@@ -15,10 +15,8 @@ impl Fleet {
         }
         let volumes =
             self.provider.describe_volumes(&self.install_id).await.map_err(FleetError::provider("describe volumes"))?;
-        for action in self.gc_plan(instances, &volumes, now, self.config.gc.orphan_grace).await? {
-            self.apply_gc(&action).await?;
-        }
-        Ok(())
+        let actions = self.gc_plan(instances, &volumes, now, self.config.gc.orphan_grace).await?;
+        self.apply_gc_all(&actions).await
     }
 
     /// What the collector would do now: observe (one describe of instances, one of volumes),
@@ -85,41 +83,59 @@ impl Fleet {
         Ok(vmfleet_gc::plan(&snap, now, &settings, self.config.gc.budget))
     }
 
-    /// Carries out one collector action and writes it, with its reason and outcome, to the
-    /// audit log.
+    /// Carries out one collector action (see [`Fleet::apply_gc_all`]).
     ///
     /// # Errors
-    /// Store errors; provider errors leave the record for the next pass (and are audited as
-    /// unsuccessful).
+    /// Store errors.
     pub async fn apply_gc(&self, action: &vmfleet_gc::GcAction) -> Result<(), FleetError> {
+        self.apply_gc_all(std::slice::from_ref(action)).await
+    }
+
+    /// Carries out a pass's actions and writes each, with its reason and outcome, to the audit
+    /// log. The instances they terminate go in one call per thousand (a pass after a crash may
+    /// name hundreds, and the mutation budget is a few calls a second), before the store records
+    /// anything.
+    ///
+    /// # Errors
+    /// Store errors; provider errors leave the records for the next pass (and are audited as
+    /// unsuccessful).
+    pub async fn apply_gc_all(&self, actions: &[vmfleet_gc::GcAction]) -> Result<(), FleetError> {
+        let ids: Vec<String> = actions.iter().filter_map(|a| a.terminates()).map(String::from).collect();
+        let terminated = match ids.is_empty() {
+            true => Ok(()),
+            false => self.provider.terminate(&ids).await.map_err(|e| e.to_string()),
+        };
+        for action in actions {
+            self.apply_one(action, &terminated).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        action: &vmfleet_gc::GcAction,
+        terminated: &Result<(), String>,
+    ) -> Result<(), FleetError> {
         use vmfleet_gc::GcAction;
         let now = self.now();
         let done = match action {
-            GcAction::FailVm { vm_id, instance_id, reason } => {
-                let terminated = match instance_id {
-                    Some(i) => self.provider.terminate(std::slice::from_ref(i)).await,
-                    None => Ok(()),
-                };
-                match terminated {
-                    Ok(()) => {
-                        self.store.fail_vm(vm_id, &reason.to_string(), now).await?;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+            GcAction::FailVm { vm_id, instance_id, reason } => match (instance_id, terminated) {
+                (Some(_), Err(e)) => Err(e.clone()),
+                _ => {
+                    self.store.fail_vm(vm_id, &reason.to_string(), now).await?;
+                    Ok(())
                 }
-            }
-            GcAction::TerminateInstance { instance_id, vm_id, .. } => {
-                match self.provider.terminate(std::slice::from_ref(instance_id)).await {
-                    Ok(()) => {
-                        if let Some(vm) = vm_id {
-                            let retiring = [VmState::Releasing, VmState::Terminating];
-                            self.store.transition(vm, &retiring, VmState::Terminated, now).await?;
-                        }
-                        Ok(())
+            },
+            GcAction::TerminateInstance { vm_id, .. } => match terminated {
+                Ok(()) => {
+                    if let Some(vm) = vm_id {
+                        let retiring = [VmState::Releasing, VmState::Terminating];
+                        self.store.transition(vm, &retiring, VmState::Terminated, now).await?;
                     }
-                    Err(e) => Err(e),
+                    Ok(())
                 }
-            }
+                Err(e) => Err(e.clone()),
+            },
             GcAction::MarkLost { vm_id, requeue, reason } => {
                 let reason = format!("lost: {reason}");
                 match requeue {
@@ -138,7 +154,7 @@ impl Fleet {
                                 self.store.set_volume_state(id, "deleted", self.now()).await?;
                                 Ok(())
                             }
-                            Err(e) => Err(e),
+                            Err(e) => Err(e.to_string()),
                         },
                         None => {
                             self.store.set_volume_state(id, "deleted", self.now()).await?;
@@ -153,7 +169,7 @@ impl Fleet {
                 }
             }
             GcAction::DeleteVolume { volume_id: None, provider_id, .. } => match provider_id {
-                Some(p) => self.provider.delete_volume(p).await,
+                Some(p) => self.provider.delete_volume(p).await.map_err(|e| e.to_string()),
                 None => Ok(()),
             },
             GcAction::ForgetVolume { volume_id, .. } => {

@@ -69,9 +69,11 @@ impl Fleet {
             Err(e) => Err(format!("SSH not ready: {e}")),
         };
         if let Err(reason) = setup {
-            self.store.fail_vm(vm_id, &reason, self.now()).await?;
-            self.audit("vm.fail", "fleet", vm_id, &reason).await;
-            return Ok(());
+            // The pass may have failed it meanwhile (its instance stopped).
+            if self.store.vm(vm_id).await?.vm_state() != Some(VmState::Booting) {
+                return Ok(());
+            }
+            return self.fail_and_terminate(&vm, &reason).await;
         }
         let now = self.now();
         self.metrics.provisioning_duration.observe((now - vm.requested_at) as f64 / 1000.0);
@@ -90,6 +92,21 @@ impl Fleet {
                 Ok(())
             }
         }
+    }
+
+    /// Fails a VM (and its task) with `reason` and terminates its instance at once: a failed
+    /// VM costs as much as a working one. Should the terminate call fail, the collector
+    /// terminates the instance of a finished VM on its next pass.
+    pub(super) async fn fail_and_terminate(&self, vm: &VmRow, reason: &str) -> Result<(), FleetError> {
+        self.store.fail_vm(&vm.id, reason, self.now()).await?;
+        warn!(vm = %vm.id, "failed: {reason}");
+        self.audit("vm.fail", "fleet", &vm.id, reason).await;
+        if let Some(instance) = &vm.instance_id {
+            if let Err(e) = self.provider.terminate(std::slice::from_ref(instance)).await {
+                warn!(vm = %vm.id, error = %e, "terminating the failed VM's instance; the collector will retry");
+            }
+        }
+        Ok(())
     }
 
     /// The installation's Docker CA, made on first use.

@@ -305,7 +305,7 @@ impl Fleet {
         let mut fault = self.store_fault.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Err(e @ FleetError::Store(_)) => {
-                let reason = if e.is_disk_full() { "the store's disk is full".to_string() } else { e.to_string() };
+                let reason = if e.is_disk_full() { crate::store::DISK_FULL.to_string() } else { e.to_string() };
                 let since = fault.as_ref().map_or_else(|| self.now(), |(t, _)| *t);
                 *fault = Some((since, reason));
             }

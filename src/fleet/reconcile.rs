@@ -42,18 +42,26 @@ impl Fleet {
         let now = self.now();
         // Other replicas may have registered or promoted images.
         self.refresh_catalog().await?;
-        self.launch_requested().await?;
         let instances =
             self.provider.describe(&self.install_id).await.map_err(FleetError::provider("describe instances"))?;
+        self.launch_requested(&instances).await?;
         let by_id: HashMap<&str, &vmfleet_provisioner::Instance> =
             instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
 
         let vms = self.store.live_vms().await?;
         for vm in &vms {
             let Some(state) = vm.vm_state() else { continue };
+            let inst = vm.instance_id.as_deref().and_then(|id| by_id.get(id));
+            if matches!(state, VmState::Provisioning | VmState::Booting) {
+                if let Some(inst) = inst.filter(|i| i.state == InstanceState::Stopping) {
+                    // It will not come back: fail now rather than at the VM start timeout.
+                    let reason = format!("instance {} stopped before the VM was ready", inst.instance_id);
+                    self.fail_and_terminate(vm, &reason).await?;
+                    continue;
+                }
+            }
             match state {
                 VmState::Provisioning => {
-                    let inst = vm.instance_id.as_deref().and_then(|id| by_id.get(id));
                     if let Some(inst) = inst.filter(|i| i.state == InstanceState::Running) {
                         if let Some(host) = &inst.host {
                             self.store.set_booting(&vm.id, host, inst.ssh_port, inst.host_key.as_deref(), now).await?;
@@ -91,13 +99,31 @@ impl Fleet {
 
     /// Launches every requested VM, up to [`LAUNCHES_IN_FLIGHT`] at a time: one at a time, a
     /// burst of 200 waited 200 cloud round trips for its last VM (the provider's token bucket
-    /// still bounds the rate of calls).
-    pub(super) async fn launch_requested(&self) -> Result<(), FleetError> {
+    /// still bounds the rate of calls). A requested VM that `instances` (this pass's describe)
+    /// already shows launched, by a pass whose answer was lost or a process killed after the
+    /// call, is adopted instead; the rest launch without looking themselves up again.
+    pub(super) async fn launch_requested(&self, instances: &[vmfleet_provisioner::Instance]) -> Result<(), FleetError> {
         use futures_util::stream::StreamExt;
         let requested = self.store.vms(&[VmState::Requested]).await?;
+        let by_vm: HashMap<&str, &vmfleet_provisioner::Instance> = instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .filter_map(|i| Some((i.vm_id.as_deref()?, i)))
+            .collect();
+        let mut fresh = Vec::new();
+        for vm in &requested {
+            match by_vm.get(vm.id.as_str()) {
+                Some(inst) => {
+                    let itype = inst.instance_type.as_deref();
+                    self.store.set_launched(&vm.id, &inst.instance_id, &inst.zone, itype, self.now()).await?;
+                    info!(vm = %vm.id, instance = %inst.instance_id, pool = %vm.pool, "adopted the instance launched before");
+                }
+                None => fresh.push(vm),
+            }
+        }
         // Boxed: a stream over a closure here trips the compiler's Send check of `run`'s future.
         let launches: Vec<futures_util::future::BoxFuture<'_, Result<(), FleetError>>> =
-            requested.iter().map(|vm| Box::pin(self.launch_one(vm)) as _).collect();
+            fresh.into_iter().map(|vm| Box::pin(self.launch_one(vm)) as _).collect();
         let mut results = futures_util::stream::iter(launches).buffer_unordered(LAUNCHES_IN_FLIGHT);
         let mut first_error = None;
         while let Some(r) = results.next().await {
@@ -122,6 +148,7 @@ impl Fleet {
             ssh_user: vm.ssh_user.clone(),
             ssh_public_key: vm.ssh_public_key.clone(),
             tags: self.config.provider.tags.clone(),
+            skip_lookup: true,
         };
         match self.provider.launch(&spec).await {
             Ok(inst) => {

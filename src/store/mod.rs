@@ -38,6 +38,9 @@ pub enum StoreError {
     Url(String),
 }
 
+/// How the service says that the store's disk is full (`/status`, API errors, logs).
+pub const DISK_FULL: &str = "the store's disk is full";
+
 impl StoreError {
     /// Whether the database ran out of disk space (SQLite's SQLITE_FULL, PostgreSQL's
     /// `disk_full` class 53100, or the OS's ENOSPC on either): nothing was written, and a retry

@@ -103,6 +103,26 @@ impl LocalProvider {
         Ok(self.root.join("instances").join(instance_id))
     }
 
+    /// Ends the VM's agent and everything it ran, keeps its volume, removes its directory.
+    fn terminate_one(&self, instance_id: &str) -> Result<(), ProvisionError> {
+        let dir = self.instance_dir(instance_id)?;
+        let agent: Option<AgentFile> = read_json(&dir.join("agent.json"));
+        if let Some(pid) = agent.map(|a| a.pid).or_else(|| read_pid(&dir)) {
+            // The agent leads its own process group: this ends it and every command it ran.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // Detach volumes first so their data survives the VM.
+        let dlc = dir.join("dlc");
+        if std::fs::symlink_metadata(&dlc).is_ok() {
+            let _ = std::fs::remove_file(&dlc);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn volume_dir(&self, provider_id: &str) -> Result<PathBuf, ProvisionError> {
         check_id(provider_id)?;
         Ok(self.root.join("volumes").join(provider_id))
@@ -262,25 +282,14 @@ impl Provider for LocalProvider {
     }
 
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+        // One that cannot be removed does not keep the rest of the batch alive.
+        let mut first_error = None;
         for id in instance_ids {
-            let dir = self.instance_dir(id)?;
-            let agent: Option<AgentFile> = read_json(&dir.join("agent.json"));
-            if let Some(pid) = agent.map(|a| a.pid).or_else(|| read_pid(&dir)) {
-                // The agent leads its own process group: this ends it and every command it ran.
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            // Detach volumes first so their data survives the VM.
-            let dlc = dir.join("dlc");
-            if std::fs::symlink_metadata(&dlc).is_ok() {
-                let _ = std::fs::remove_file(&dlc);
-            }
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+            if let Err(e) = self.terminate_one(id) {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<Volume, ProvisionError> {
