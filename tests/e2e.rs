@@ -334,29 +334,35 @@ fn images_register_from_a_packer_manifest_promote_and_roll_back() {
         .all(|i| i["name"] != "bad"));
 }
 
+/// A launch of one local VM, outside any `serve`.
+fn local_spec(install: &str, vm: &str, public_key: &str) -> vmfleet_provisioner::LaunchSpec {
+    vmfleet_provisioner::LaunchSpec {
+        vm_id: vm.into(),
+        install_id: install.into(),
+        pool: "machine/default/medium".into(),
+        image_id: "circleci-vm:test".into(),
+        instance_type: "local".into(),
+        fallback_instance_types: vec![],
+        capacity: Default::default(),
+        platform: vmfleet_provisioner::Platform::Linux,
+        ssh_user: "circleci".into(),
+        ssh_public_key: public_key.into(),
+        tags: Default::default(),
+        skip_lookup: false,
+    }
+}
+
 #[test]
 fn gc_dry_run_explains_and_gc_reaps_only_our_orphans() {
-    use vmfleet_provisioner::{local::LocalProvider, LaunchSpec, Platform, Provider};
+    use vmfleet_provisioner::{local::LocalProvider, Provider};
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("vmfleet.yaml");
     std::fs::write(&config, format!("data_dir: {}\ninstall_id: gc-test\n", dir.path().display())).expect("config");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let provider = LocalProvider::new(dir.path().join("local"), BIN).expect("provider");
     let launch = |install: &str, vm: &str| {
-        let spec = LaunchSpec {
-            vm_id: vm.into(),
-            install_id: install.into(),
-            pool: "machine/default/medium".into(),
-            image_id: "circleci-vm:test".into(),
-            instance_type: "local".into(),
-            fallback_instance_types: vec![],
-            capacity: Default::default(),
-            platform: Platform::Linux,
-            ssh_user: "circleci".into(),
-            ssh_public_key: vmfleet_provisioner::ssh::generate_keypair("k").expect("key").public_openssh,
-            tags: Default::default(),
-            skip_lookup: false,
-        };
+        let spec =
+            local_spec(install, vm, &vmfleet_provisioner::ssh::generate_keypair("k").expect("key").public_openssh);
         rt.block_on(provider.launch(&spec)).expect("launch").instance_id
     };
     let ours = launch("gc-test", "vm-orphan");
@@ -417,4 +423,58 @@ fn reset_refuses_while_tasks_run_then_leaves_nothing_tagged() {
     // The fleet works again afterwards.
     let (_, port, key) = s.request("gh/acme/app", false);
     assert!(openssh(&key, port, "true").status.success());
+}
+
+#[test]
+fn local_vm_stops_keeping_its_disk_and_keys_and_starts_again() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use vmfleet_provisioner::{local::LocalProvider, Instance, InstanceState, Provider};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let provider = LocalProvider::new(dir.path().join("local"), BIN).expect("provider");
+    let keys = vmfleet_provisioner::ssh::generate_keypair("stop").expect("key");
+    let key_file = dir.path().join("id");
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file).expect("key file");
+    std::io::Write::write_all(&mut f, keys.private_openssh.as_bytes()).expect("write key");
+    let spec = local_spec("stop-test", "vm-stopper", &keys.public_openssh);
+    let id = rt.block_on(provider.launch(&spec)).expect("launch").instance_id;
+    let describe = || -> Instance {
+        let all = rt.block_on(provider.describe("stop-test")).expect("describe");
+        all.into_iter().find(|i| i.instance_id == id).expect("the VM is described")
+    };
+    let wait = |want: InstanceState| -> Instance {
+        for _ in 0..200 {
+            let i = describe();
+            if i.state == want {
+                return i;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{id} never reached {want:?}: {:?}", describe().state);
+    };
+    let first = wait(InstanceState::Running);
+    let out = openssh(&key_file, first.ssh_port, "echo first-boot > marker && echo $PPID");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vm_dir = provider.vm_dir(&id).expect("dir");
+    let host_key_mode = std::fs::metadata(vm_dir.join("host_key")).expect("host key kept").permissions().mode();
+    assert_eq!(host_key_mode & 0o777, 0o600);
+
+    rt.block_on(provider.stop(std::slice::from_ref(&id))).expect("stop");
+    let stopped = wait(InstanceState::Stopped);
+    assert!(stopped.host.is_none(), "a stopped VM has no address");
+    assert!(openssh(&key_file, first.ssh_port, "true").status.code() == Some(255), "nothing answers while stopped");
+    rt.block_on(provider.stop(std::slice::from_ref(&id))).expect("stopping a stopped VM is success");
+
+    rt.block_on(provider.start(std::slice::from_ref(&id))).expect("start");
+    let again = wait(InstanceState::Running);
+    assert_eq!(again.host_key, first.host_key, "the same host key after a start");
+    let out = openssh(&key_file, again.ssh_port, "cat marker");
+    assert!(out.status.success(), "the same key logs in: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "first-boot", "the disk survived the stop");
+    rt.block_on(provider.start(std::slice::from_ref(&id))).expect("starting a running VM is success");
+
+    rt.block_on(provider.terminate(std::slice::from_ref(&id))).expect("terminate");
+    assert!(!vm_dir.exists());
+    let missing = rt.block_on(provider.start(std::slice::from_ref(&id))).expect_err("gone");
+    assert!(matches!(missing, vmfleet_provisioner::ProvisionError::NotFound(_)), "{missing}");
 }

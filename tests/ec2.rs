@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use base64::Engine;
 use common::emulator::{any_key_sshd, moto_url, recording_sshd, FaultProxy};
 use vmfleet_provisioner::ec2::{Ec2Provider, Ec2Settings};
-use vmfleet_provisioner::{LaunchSpec, Platform, Provider, ProvisionError, VolumeSpec};
+use vmfleet_provisioner::{InstanceState, LaunchSpec, Platform, Provider, ProvisionError, VolumeSpec};
 
 struct Env {
     provider: Ec2Provider,
@@ -1197,4 +1197,55 @@ async fn chaos_ec2_throttled_serves_or_fails_every_task_without_a_retry_storm() 
     assert!(throttled <= bound, "{throttled} throttled calls: a retry storm");
     let reset = cli(&config, &["reset", "--yes", "--force"]).output().await.expect("reset");
     assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+}
+
+async fn state_of(e: &Env, instance: &str) -> Option<InstanceState> {
+    let all = e.provider.describe(&e.install).await.expect("describe");
+    all.into_iter().find(|i| i.instance_id == instance).map(|i| i.state)
+}
+
+async fn wait_state(e: &Env, instance: &str, want: InstanceState) {
+    for _ in 0..100 {
+        if state_of(e, instance).await == Some(want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{instance} never reached {want:?}: {:?}", state_of(e, instance).await);
+}
+
+#[tokio::test]
+async fn stopped_instances_are_described_started_again_and_a_start_without_capacity_says_so() {
+    let Some(e) = env_with(|_| {}).await else { return };
+    let a = e.provider.launch(&spec(&e, "vm-stop1")).await.expect("launch");
+    let b = e.provider.launch(&spec(&e, "vm-stop2")).await.expect("launch");
+    wait_state(&e, &a.instance_id, InstanceState::Running).await;
+    let both = vec![a.instance_id.clone(), b.instance_id.clone()];
+    e.provider.stop(&both).await.expect("stop");
+    wait_state(&e, &a.instance_id, InstanceState::Stopped).await;
+    wait_state(&e, &b.instance_id, InstanceState::Stopped).await;
+    assert_eq!(e.proxy.seen("StopInstances").len(), 1, "one call for the batch");
+    // Stopping what is stopped is success; a stopped instance keeps its tags (describe finds it).
+    e.provider.stop(std::slice::from_ref(&a.instance_id)).await.expect("stop again");
+
+    // No capacity to start: the caller is told so, nothing is running.
+    e.proxy.inject("StartInstances", "InsufficientInstanceCapacity", 500, 1);
+    let err = e.provider.start(std::slice::from_ref(&a.instance_id)).await.expect_err("no capacity");
+    assert!(matches!(err, ProvisionError::InsufficientCapacity(_)), "{err}");
+    assert_eq!(state_of(&e, &a.instance_id).await, Some(InstanceState::Stopped));
+
+    e.provider.start(std::slice::from_ref(&a.instance_id)).await.expect("start");
+    wait_state(&e, &a.instance_id, InstanceState::Running).await;
+    let again = e.provider.describe(&e.install).await.expect("describe");
+    let a2 = again.iter().find(|i| i.instance_id == a.instance_id).expect("same instance");
+    assert_eq!(a2.vm_id.as_deref(), Some("vm-stop1"));
+    assert_eq!(a2.zone, a.zone, "a start keeps the zone");
+
+    // An unknown id among known ones: the known ones still start; the unknown one is NotFound.
+    let with_unknown = vec![b.instance_id.clone(), "i-00000000000000000".to_string()];
+    let err = e.provider.start(&with_unknown).await.expect_err("unknown id");
+    assert!(matches!(err, ProvisionError::NotFound(_)), "{err}");
+    wait_state(&e, &b.instance_id, InstanceState::Running).await;
+
+    e.provider.terminate(&both).await.expect("terminate");
 }

@@ -336,6 +336,7 @@ impl Ec2Provider {
             Some(InstanceStateName::Pending) => InstanceState::Pending,
             Some(InstanceStateName::Running) => InstanceState::Running,
             Some(InstanceStateName::Terminated) => InstanceState::Terminated,
+            Some(InstanceStateName::Stopped) => InstanceState::Stopped,
             _ => InstanceState::Stopping,
         };
         let (host, port) = match &self.settings.ssh_address_override {
@@ -399,6 +400,44 @@ impl Ec2Provider {
         }
         out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         Ok(out)
+    }
+
+    /// A mutating call over instance ids, 1000 a call. One unknown id fails a whole batch, so
+    /// that batch is retried one id at a time; an unknown id on its own is success when
+    /// `gone_ok` (terminating what is gone) and `NotFound` otherwise.
+    async fn per_instances<F, Fut, E, R>(
+        &self,
+        op: &'static str,
+        instance_ids: &[String],
+        gone_ok: bool,
+        f: F,
+    ) -> Result<(), ProvisionError>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), aws_sdk_ec2::error::SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let one_call = |ids: &[String]| {
+            let ids = ids.to_vec();
+            let f = &f;
+            async move { self.call(op, true, || async { f(ids.clone()).await.map_err(|e| sdk_err(op, e)) }).await }
+        };
+        for chunk in instance_ids.chunks(1000) {
+            match one_call(chunk).await {
+                Err(ProvisionError::NotFound(_)) if chunk.len() > 1 => {
+                    for id in chunk {
+                        match one_call(std::slice::from_ref(id)).await {
+                            Err(ProvisionError::NotFound(_)) if gone_ok => {}
+                            r => r?,
+                        }
+                    }
+                }
+                Err(ProvisionError::NotFound(_)) if gone_ok => {}
+                r => r?,
+            }
+        }
+        Ok(())
     }
 
     async fn run_one(
@@ -598,30 +637,24 @@ impl Provider for Ec2Provider {
     }
 
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
-        for chunk in instance_ids.chunks(1000) {
-            let result = self
-                .call("TerminateInstances", true, || async {
-                    self.client
-                        .terminate_instances()
-                        .set_instance_ids(Some(chunk.to_vec()))
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err("TerminateInstances", e))
-                })
-                .await;
-            match result {
-                Ok(_) | Err(ProvisionError::NotFound(_)) if chunk.len() == 1 => {}
-                Ok(_) => {}
-                // One unknown id fails the whole batch: retry one by one so the rest go.
-                Err(ProvisionError::NotFound(_)) => {
-                    for id in chunk {
-                        Box::pin(self.terminate(std::slice::from_ref(id))).await?;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.per_instances("TerminateInstances", instance_ids, true, |ids| async move {
+            self.client.terminate_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+        self.per_instances("StopInstances", instance_ids, false, |ids| async move {
+            self.client.stop_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn start(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+        self.per_instances("StartInstances", instance_ids, false, |ids| async move {
+            self.client.start_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
+        })
+        .await
     }
 
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<Volume, ProvisionError> {

@@ -144,8 +144,10 @@ pub enum InstanceState {
     Pending,
     /// Running; the address may be used.
     Running,
-    /// Shutting down or stopped; will not come back.
+    /// Stopping or shutting down.
     Stopping,
+    /// Stopped, keeping its volumes: [`Provider::start`] brings it back.
+    Stopped,
     /// Gone.
     Terminated,
 }
@@ -232,6 +234,13 @@ pub trait Provider: Send + Sync {
     async fn describe(&self, install_id: &str) -> Result<Vec<Instance>, ProvisionError>;
     /// Terminates the given instances; ids that are already gone are ignored.
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ProvisionError>;
+    /// Stops running instances, keeping their volumes and identity (the stopped tier); ids
+    /// already stopping or stopped are success. `NotFound` when one is gone.
+    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError>;
+    /// Starts stopped instances again, with the same volumes and keys; ids already pending or
+    /// running are success. `InsufficientCapacity` when the cloud cannot start one now (the
+    /// caller falls back to a fresh launch), `NotFound` when one is gone.
+    async fn start(&self, instance_ids: &[String]) -> Result<(), ProvisionError>;
     /// Creates a volume for `spec.volume_id`, or returns the one already created for it.
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<Volume, ProvisionError>;
     /// Every volume tagged with `install_id`.

@@ -52,11 +52,19 @@ impl Fleet {
         for vm in &vms {
             let Some(state) = vm.vm_state() else { continue };
             let inst = vm.instance_id.as_deref().and_then(|id| by_id.get(id));
-            if matches!(state, VmState::Provisioning | VmState::Booting) {
-                if let Some(inst) = inst.filter(|i| i.state == InstanceState::Stopping) {
-                    // It will not come back: fail now rather than at the VM start timeout.
-                    let reason = format!("instance {} stopped before the VM was ready", inst.instance_id);
-                    self.fail_and_terminate(vm, &reason).await?;
+            let stopped = |i: &&&vmfleet_provisioner::Instance| {
+                matches!(i.state, InstanceState::Stopping | InstanceState::Stopped)
+            };
+            if let Some(inst) = inst.filter(stopped) {
+                // Nothing here stopped it, so it will not come back: fail now rather than at
+                // the VM start timeout, or by handing a task a VM that does not answer.
+                let reason = match state {
+                    VmState::Provisioning | VmState::Booting => "stopped before the VM was ready",
+                    VmState::Ready => "stopped while the VM waited warm",
+                    _ => "",
+                };
+                if !reason.is_empty() {
+                    self.fail_and_terminate(vm, &format!("instance {} {reason}", inst.instance_id)).await?;
                     continue;
                 }
             }

@@ -70,8 +70,7 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
     std::fs::create_dir_all(&home).map_err(|e| AgentError::Dir(home.clone(), e.to_string()))?;
     let vm = Arc::new(Vm { user: file.ssh_user, key, home, dlc: dir.join("dlc"), vm_id: file.vm_id });
 
-    let host_key =
-        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let host_key = host_key(dir)?;
     let host_public = host_key.public_key().to_openssh().map_err(|e| AgentError::Setup(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| AgentError::Setup(e.to_string()))?;
     let port = listener.local_addr().map_err(|e| AgentError::Setup(e.to_string()))?.port();
@@ -109,6 +108,31 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
 
     let mut server = AgentServer { vm };
     server.run_on_socket(config, &listener).await.map_err(|e| AgentError::Setup(e.to_string()))
+}
+
+/// The VM's host key: made on first boot and kept in `host_key` (0600), so a VM started again
+/// from stopped answers with the key its controller pinned.
+fn host_key(dir: &Path) -> Result<PrivateKey, AgentError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("host_key");
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        return PrivateKey::from_openssh(&pem)
+            .map_err(|_| AgentError::Setup(format!("{} is not an OpenSSH key", path.display())));
+    }
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let pem = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let tmp = dir.join("host_key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| AgentError::Dir(tmp.clone(), e.to_string()))?;
+    f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| AgentError::Dir(tmp.clone(), e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| AgentError::Dir(path.clone(), e.to_string()))?;
+    Ok(key)
 }
 
 struct AgentServer {

@@ -26,6 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Instance, InstanceState, LaunchSpec, Platform, Provider, ProvisionError, Volume, VolumeSpec};
 
+/// The file that marks a stopped VM's directory.
+const STOPPED_MARKER: &str = "stopped";
+/// When the VM was last started from stopped, in milliseconds since the epoch.
+const STARTED_STAMP: &str = "started";
+
 /// The only zone of the local provider.
 pub const LOCAL_ZONE: &str = "local-a";
 
@@ -123,6 +128,72 @@ impl LocalProvider {
         }
     }
 
+    /// Starts the VM's agent in its own process group (appending to `agent.log`) and records
+    /// its pid until the agent writes `agent.json`.
+    fn spawn_agent(&self, dir: &Path) -> Result<(), ProvisionError> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log"))?;
+        let mut child = tokio::process::Command::new(&self.agent_program)
+            .arg("local-vm-agent")
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                ProvisionError::Other(format!("cannot start the local VM agent {}: {e}", self.agent_program.display()))
+            })?;
+        if let Some(pid) = child.id() {
+            std::fs::write(dir.join("pid"), pid.to_string())?;
+        }
+        // Reap the agent when it exits so it does not linger as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
+    }
+
+    /// Stops a VM: its agent and every command it ran end; its directory (home, keys, the
+    /// attached volume's link) stays, marked `stopped`.
+    fn stop_one(&self, instance_id: &str) -> Result<(), ProvisionError> {
+        let dir = self.instance_dir(instance_id)?;
+        if !dir.join("instance.json").exists() {
+            return Err(ProvisionError::NotFound(format!("instance {instance_id}")));
+        }
+        // The marker first: a VM whose agent died mid-stop still reads as stopped, not broken.
+        std::fs::write(dir.join(STOPPED_MARKER), crate::now_ms().to_string())?;
+        let agent: Option<AgentFile> = read_json(&dir.join("agent.json"));
+        if let Some(pid) = agent.map(|a| a.pid).or_else(|| read_pid(&dir)) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for f in ["agent.json", "pid"] {
+            match std::fs::remove_file(dir.join(f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped VM: a new agent on the same directory, with the VM's key and the host
+    /// key it kept. A VM that is not stopped is left as it is.
+    fn start_one(&self, instance_id: &str) -> Result<(), ProvisionError> {
+        let dir = self.instance_dir(instance_id)?;
+        if !dir.join("instance.json").exists() {
+            return Err(ProvisionError::NotFound(format!("instance {instance_id}")));
+        }
+        if !dir.join(STOPPED_MARKER).exists() {
+            return Ok(());
+        }
+        // Stamped so the VM reads as pending, not dead, until its new agent writes its pid.
+        std::fs::write(dir.join(STARTED_STAMP), crate::now_ms().to_string())?;
+        std::fs::remove_file(dir.join(STOPPED_MARKER))?;
+        self.spawn_agent(&dir)
+    }
+
     fn volume_dir(&self, provider_id: &str) -> Result<PathBuf, ProvisionError> {
         check_id(provider_id)?;
         Ok(self.root.join("volumes").join(provider_id))
@@ -138,11 +209,19 @@ impl LocalProvider {
         let agent: Option<AgentFile> = read_json(&dir.join("agent.json"));
         let pid = agent.as_ref().map(|a| a.pid).or_else(|| read_pid(dir));
         let alive = pid.is_some_and(process_alive);
+        let stopped = dir.join(STOPPED_MARKER).exists();
+        let started_ms = std::fs::read_to_string(dir.join(STARTED_STAMP))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .unwrap_or(file.launched_at_ms)
+            .max(file.launched_at_ms);
         let state = match (&agent, alive) {
+            (_, false) if stopped => InstanceState::Stopped,
+            (_, true) if stopped => InstanceState::Stopping,
             (Some(_), true) => InstanceState::Running,
             (None, true) => InstanceState::Pending,
-            // Launched moments ago and the agent has not written its pid yet.
-            (None, false) if pid.is_none() && crate::now_ms() - file.launched_at_ms < 10_000 => InstanceState::Pending,
+            // Launched or started moments ago and the agent has not written its pid yet.
+            (None, false) if pid.is_none() && crate::now_ms() - started_ms < 10_000 => InstanceState::Pending,
             _ => InstanceState::Stopping,
         };
         Some(Instance {
@@ -242,27 +321,7 @@ impl Provider for LocalProvider {
             launched_at_ms: crate::now_ms(),
         };
         write_json_atomic(&dir.join("instance.json"), &file)?;
-        let log = std::fs::File::create(dir.join("agent.log"))?;
-        let mut child = tokio::process::Command::new(&self.agent_program)
-            .arg("local-vm-agent")
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                ProvisionError::Other(format!("cannot start the local VM agent {}: {e}", self.agent_program.display()))
-            })?;
-        if let Some(pid) = child.id() {
-            std::fs::write(dir.join("pid"), pid.to_string())?;
-        }
-        // Reap the agent when it exits so it does not linger as a zombie.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        self.spawn_agent(&dir)?;
         self.read_instance(&dir)
             .ok_or_else(|| ProvisionError::Other(format!("instance {instance_id} vanished during launch")))
     }
@@ -290,6 +349,14 @@ impl Provider for LocalProvider {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+        instance_ids.iter().try_for_each(|id| self.stop_one(id))
+    }
+
+    async fn start(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+        instance_ids.iter().try_for_each(|id| self.start_one(id))
     }
 
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<Volume, ProvisionError> {
