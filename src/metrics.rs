@@ -68,6 +68,24 @@ pub struct Metrics {
     pub provisioning_duration: Histogram,
     /// Job task queued to its VM handed over, by pool.
     job_queue: Mutex<std::collections::BTreeMap<String, Histogram>>,
+    /// Starts of stopped VMs the cloud had no capacity for.
+    pub start_failures: Counter,
+}
+
+/// A monotonic counter.
+#[derive(Debug, Default)]
+pub struct Counter(std::sync::atomic::AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Default for Metrics {
@@ -76,6 +94,7 @@ impl Default for Metrics {
             assignment_latency: Histogram::new(ASSIGN_BOUNDS),
             provisioning_duration: Histogram::new(PROVISION_BOUNDS),
             job_queue: Mutex::new(std::collections::BTreeMap::new()),
+            start_failures: Counter::default(),
         }
     }
 }
@@ -133,6 +152,12 @@ impl Metrics {
                 let _ = writeln!(out, "vmfleet_tasks_running{{pool=\"{}\"}} {n}", esc(pool));
             }
         }
+        let name = "vmfleet_stopped_start_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Starts of stopped VMs without capacity (each fell back to a fresh launch).\n# TYPE {name} counter\n{name} {}",
+            self.start_failures.get()
+        );
         let _ = writeln!(out, "# HELP vmfleet_volumes DLC volumes by state.\n# TYPE vmfleet_volumes gauge");
         for (state, n) in &counts.volumes {
             let _ = writeln!(out, "vmfleet_volumes{{state=\"{}\"}} {n}", esc(state));

@@ -171,13 +171,11 @@ impl Policies {
                 .map_err(|e| ConfigError { origin: f.display().to_string(), message: e.to_string() })?;
             texts.push((f, text));
         }
-        let out = Self::from_texts(&texts, config)?;
-        crate::config::refuse_stopped_tier(&out.pools, &dir.display().to_string())?;
-        Ok(out)
+        Self::from_texts(&texts, config)
     }
 
     /// Reads one file on top of `config` (what `vmfleet policies validate FILE` and `vmfleet
-    /// simulate --policy` read; a stopped tier is accepted here, for the simulator).
+    /// simulate --policy` read).
     ///
     /// # Errors
     /// [`ConfigError`] naming the file, line and key.
@@ -488,7 +486,7 @@ asg_policies:
     }
 
     #[test]
-    fn a_stopped_tier_is_checked_simulated_and_refused_by_the_service() {
+    fn a_stopped_tier_is_checked_by_the_simulator_and_the_service_alike() {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("stopped.yaml");
         let good = "pools:\n  - executor: machine\n    max_instances: 5\n    stopped: {min: 2, max: 4, forecast: {quantile: 1.0}}\n";
@@ -497,8 +495,8 @@ asg_policies:
         let p = Policies::load_file(&file, &config).expect("the simulator reads it");
         let st = p.pools[0].stopped.expect("stopped");
         assert_eq!((st.min, st.max), (2, Some(4)));
-        let e = Policies::load_dir(dir.path(), &config).expect_err("the service refuses it");
-        assert!(e.message.contains("machine/default/medium") && e.message.contains("stopped"), "{e}");
+        let p = Policies::load_dir(dir.path(), &config).expect("the service reads it");
+        assert_eq!(p.pools[0].stopped.map(|s| s.min), Some(2));
         for (bad, key) in [
             ("stopped: {min: 3, max: 2}", "stopped.max"),
             ("max_instances: 2\n    stopped: {min: 3}", "stopped.min"),

@@ -478,3 +478,99 @@ fn local_vm_stops_keeping_its_disk_and_keys_and_starts_again() {
     let missing = rt.block_on(provider.start(std::slice::from_ref(&id))).expect_err("gone");
     assert!(matches!(missing, vmfleet_provisioner::ProvisionError::NotFound(_)), "{missing}");
 }
+
+impl Server {
+    /// `kill -9` of `serve`, then the same configuration started again.
+    fn kill_9_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+        self.child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().append(true).open(self.dir.path().join("serve.log")).expect("log"))
+            .spawn()
+            .expect("serve");
+        for _ in 0..100 {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("serve did not come back");
+    }
+
+    /// Live VMs: (id, state, instance).
+    fn vms(&self) -> Vec<(String, String, Option<String>)> {
+        let vms = self.json(&["vms", "list", "--json"]);
+        vms.as_array()
+            .expect("array")
+            .iter()
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().map(str::to_string);
+                (s("id").expect("id"), s("state").expect("state"), s("instance_id"))
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut(&[(String, String, Option<String>)]) -> bool) {
+        for _ in 0..600 {
+            if ok(&self.vms()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} never held: {:?}", self.vms());
+    }
+}
+
+#[test]
+fn kill_9_of_serve_while_the_stopped_tier_fills_and_starts_leaves_nothing_untracked() {
+    use std::os::unix::fs::PermissionsExt;
+    // An agent that takes a second to come up, as a VM's boot does, so that kills land while
+    // VMs boot and start.
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let agent = bin_dir.path().join("slow-agent");
+    std::fs::write(&agent, format!("#!/bin/sh\nsleep 1\nexec {BIN} \"$@\"\n")).expect("agent");
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut s = serve_with(&format!(
+        "timeouts:\n  ssh_connect: 30s\n  vm_start: 60s\nprovider:\n  local:\n    agent_program: {}\n\
+         pools:\n  - {{executor: machine, min_idle: 0, max_instances: 6, stopped: {{min: 2}}}}\n",
+        agent.display()
+    ));
+    let stopped = |v: &[(String, String, Option<String>)]| v.iter().filter(|(_, st, _)| st == "stopped").count();
+
+    // Killed while the first VMs of the tier boot once (a stop takes milliseconds here).
+    s.wait_for("a VM starting up", |v| v.iter().any(|(_, st, _)| st != "stopped"));
+    s.kill_9_and_restart();
+    s.wait_for("two stopped", |v| stopped(v) == 2 && v.len() == 2);
+
+    // Killed while a task's request starts a stopped VM: the VM is `starting` until its agent
+    // answers, a second after the start.
+    let t = s.json(&["tasks", "request", "--project", "gh/acme/app", "--json"]);
+    let id = t["id"].as_str().expect("id").to_string();
+    let vm = t["vm_id"].as_str().expect("a stopped VM at once").to_string();
+    assert!(s.vms().iter().any(|(v, st, _)| *v == vm && st == "starting"), "{:?}", s.vms());
+    s.kill_9_and_restart();
+    for _ in 0..600 {
+        if s.json(&["tasks", "show", &id, "--json"])["state"] == "assigned" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = s.json(&["tasks", "show", &id, "--json"]);
+    assert_eq!((t["state"].as_str(), t["vm_id"].as_str()), (Some("assigned"), Some(vm.as_str())), "{t}");
+    s.wait_for("the tier refilled and nothing half-done", |v| {
+        stopped(v) == 2 && v.iter().all(|(_, st, _)| matches!(st.as_str(), "stopped" | "assigned" | "ready"))
+    });
+
+    // One collector pass, then every instance on disk is a live VM's and every live VM has one.
+    s.cli_ok(&["gc", "--orphan-grace", "0s"]);
+    let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(s.dir.path().join("local/instances"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let tracked: std::collections::BTreeSet<String> = s.vms().into_iter().filter_map(|(_, _, i)| i).collect();
+    assert_eq!(on_disk, tracked, "nothing untracked, nothing lost");
+}

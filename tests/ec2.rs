@@ -309,25 +309,42 @@ async fn throttling_is_retried_with_backoff_and_ends() {
     assert_eq!(e.proxy.seen("DescribeInstances").len(), 3 + 4, "one call and three retries");
 }
 
+/// A task of the default pool without a DLC volume.
+fn plain_request() -> vmfleet::fleet::TaskRequest {
+    vmfleet::fleet::TaskRequest {
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        project: "gh/acme/app".into(),
+        docker_layer_caching: false,
+    }
+}
+
+/// An in-process fleet on EC2 at `endpoint`, every instance's SSH at the test's `sshd`.
+fn fleet_config(e: &Env, dir: &std::path::Path, endpoint: String, sshd: u16) -> vmfleet::config::Config {
+    let mut config = common::test_config(dir);
+    config.provider.kind = vmfleet::config::ProviderKind::Ec2;
+    config.install_id = Some(e.install.clone());
+    config.images.custom_linux = BTreeMap::from([("us-east-1".into(), e.ami.clone())]);
+    let ec2 = &mut config.provider.ec2;
+    ec2.region = "us-east-1".into();
+    ec2.endpoint_url = Some(endpoint);
+    ec2.access_key_id = Some("testing".into());
+    ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
+    ec2.subnet_ids = e.subnets.iter().map(|(s, _)| s.clone()).collect();
+    ec2.security_group_id = Some(e.sg.clone());
+    ec2.ssh_address_override = Some(format!("127.0.0.1:{sshd}"));
+    config
+}
+
 #[tokio::test]
 async fn fleet_on_ec2_requests_releases_and_attaches_dlc_in_the_right_zone() {
     let Some(moto) = moto_url() else { return };
     let Some(e) = env_with(|_| {}).await else { return };
     let (sshd, commands) = recording_sshd().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(dir.path());
-    config.provider.kind = vmfleet::config::ProviderKind::Ec2;
+    let mut config = fleet_config(&e, dir.path(), moto, sshd);
     config.provider.tags = BTreeMap::from([("team".into(), "ci".into())]);
-    config.install_id = Some(e.install.clone());
-    config.images.custom_linux = BTreeMap::from([("us-east-1".into(), e.ami.clone())]);
-    let ec2 = &mut config.provider.ec2;
-    ec2.region = "us-east-1".into();
-    ec2.endpoint_url = Some(moto);
-    ec2.access_key_id = Some("testing".into());
-    ec2.secret_access_key = Some(vmfleet::config::Secret("testing".into()));
-    ec2.subnet_ids = e.subnets.iter().map(|(s, _)| s.clone()).collect();
-    ec2.security_group_id = Some(e.sg.clone());
-    ec2.ssh_address_override = Some(format!("127.0.0.1:{sshd}"));
     let running = vmfleet::server::start(config, None).await.expect("start");
     let fleet = running.fleet.clone();
     let req = |dlc| vmfleet::fleet::TaskRequest {
@@ -868,13 +885,7 @@ async fn the_vm_row_records_the_fallback_type_the_launch_got() {
     let store = common::sqlite_store(dir.path()).await;
     let provider = vmfleet::fleet::build_provider(&config).await.expect("provider");
     let fleet = vmfleet::fleet::Fleet::new(config, store, provider).await.expect("fleet");
-    let req = vmfleet::fleet::TaskRequest {
-        executor: "machine".into(),
-        image: "default".into(),
-        resource_class: "medium".into(),
-        project: "gh/acme/app".into(),
-        docker_layer_caching: false,
-    };
+    let req = plain_request();
     let task = fleet.request_task(&req).await.expect("request");
     let vm_id = task.vm_id.expect("an on-demand VM");
     assert_eq!(fleet.store.vm(&vm_id).await.expect("vm").instance_type, "m5.large", "what was asked for");
@@ -1248,4 +1259,93 @@ async fn stopped_instances_are_described_started_again_and_a_start_without_capac
     wait_state(&e, &b.instance_id, InstanceState::Running).await;
 
     e.provider.terminate(&both).await.expect("terminate");
+}
+
+/// The stopped tier on EC2: a VM launched for it boots once and is stopped, a task starts it,
+/// its release terminates it; a start without capacity gives the task a fresh launch and
+/// terminates the stopped VM.
+#[tokio::test]
+async fn fleet_on_ec2_runs_a_stopped_tier_and_falls_back_to_a_fresh_launch_without_capacity() {
+    let Some(e) = env_with(|_| {}).await else { return };
+    let (sshd, _commands) = recording_sshd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Through the injecting proxy, to fail a start (once: no SDK retry of the answer).
+    let mut config = fleet_config(&e, dir.path(), e.url.clone(), sshd);
+    config.provider.ec2.sdk_max_attempts = 1;
+    config.pools = vec![serde_json::from_value(serde_json::json!({
+        "executor": "machine", "min_idle": 0, "max_instances": 3, "stopped": {"min": 1}
+    }))
+    .expect("pool")];
+    let running = vmfleet::server::start(config, None).await.expect("start");
+    let fleet = running.fleet.clone();
+    let req = plain_request();
+    let ec2_state = |instance: String| {
+        let c = e.provider.client().clone();
+        async move {
+            let out = c.describe_instances().instance_ids(&instance).send().await.expect("describe");
+            out.reservations()[0].instances()[0].state().and_then(|s| s.name()).map(|n| n.as_str().to_string())
+        }
+    };
+    let one_stopped = || {
+        let fleet = fleet.clone();
+        async move {
+            common::eventually(90, || async {
+                let v = fleet.store.vms(&[vmfleet::store::VmState::Stopped]).await.expect("vms");
+                (v.len() == 1).then(|| v[0].clone())
+            })
+            .await
+        }
+    };
+    let assigned = |id: String| {
+        let fleet = fleet.clone();
+        async move {
+            common::eventually(90, || async {
+                let t = fleet.store.task(&id).await.expect("task");
+                (t.state != "waiting").then_some(t)
+            })
+            .await
+        }
+    };
+
+    let cold = one_stopped().await;
+    let instance = cold.instance_id.clone().expect("instance");
+    assert_eq!(ec2_state(instance.clone()).await.as_deref(), Some("stopped"));
+    assert!(!e.proxy.seen("StopInstances").is_empty());
+
+    let task = fleet.request_task(&req).await.expect("request");
+    assert_eq!(task.vm_id.as_deref(), Some(cold.id.as_str()), "the stopped VM, not a fresh launch");
+    let task = assigned(task.id.clone()).await;
+    assert_eq!(task.state, "assigned", "{task:?}");
+    assert_eq!(ec2_state(instance.clone()).await.as_deref(), Some("running"));
+    assert_eq!(e.proxy.seen("StartInstances").len(), 1);
+    fleet.release_task(&task.id).await.expect("release");
+    common::eventually(60, || async {
+        (fleet.store.vm(&cold.id).await.expect("vm").state == "terminated").then_some(())
+    })
+    .await;
+    assert_eq!(ec2_state(instance).await.as_deref(), Some("terminated"));
+
+    // The tier refills; this time the start finds no capacity.
+    let cold = common::eventually(90, || async {
+        let v = fleet.store.vms(&[vmfleet::store::VmState::Stopped]).await.expect("vms");
+        v.into_iter().find(|v| v.id != cold.id)
+    })
+    .await;
+    let instance = cold.instance_id.clone().expect("instance");
+    e.proxy.inject("StartInstances", "InsufficientInstanceCapacity", 500, 1);
+    let task = fleet.request_task(&req).await.expect("request");
+    let task = assigned(task.id.clone()).await;
+    assert_eq!(task.state, "assigned", "a fresh launch served it: {task:?}");
+    assert_ne!(task.vm_id.as_deref(), Some(cold.id.as_str()));
+    let failed = fleet.store.vm(&cold.id).await.expect("vm");
+    assert_eq!(failed.state, "failed");
+    assert!(failed.failure_reason.as_deref().unwrap_or_default().contains("no capacity to start"), "{failed:?}");
+    common::eventually(60, || async {
+        (ec2_state(instance.clone()).await.as_deref() == Some("terminated")).then_some(())
+    })
+    .await;
+    assert_eq!(fleet.metrics.start_failures.get(), 1);
+    fleet.release_task(&task.id).await.expect("release");
+    fleet.reset().await.expect("reset");
+    running.shutdown.trigger();
 }

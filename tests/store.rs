@@ -46,6 +46,7 @@ both!(
     job_claims_are_fair_between_projects,
     concurrent_claims_never_take_the_same_job_task,
     an_expired_claim_is_requeued_and_its_owner_can_no_longer_write,
+    stopped_vms_are_started_for_tasks_before_a_fresh_launch_never_twice,
 );
 
 fn task(project: &str, dlc: bool) -> TaskRow {
@@ -428,4 +429,63 @@ async fn an_expired_claim_is_requeued_and_its_owner_can_no_longer_write(s: Store
     assert!(s.finish_job_task(&t.id, "alive", "success", Some(0), None, now + 4000).await.expect("finish"));
     assert_eq!(s.finish_job_if_done(&job_id, now + 4000).await.expect("finish job").as_deref(), Some("success"));
     assert_eq!(s.finish_job_if_done(&job_id, now + 4000).await.expect("once").as_deref(), None);
+}
+
+async fn stopped_vms_are_started_for_tasks_before_a_fresh_launch_never_twice(s: Store) {
+    let mut stopped = HashSet::new();
+    for _ in 0..5 {
+        let mut vm = vm_row(POOL, "stopped", None);
+        vm.stop_after_boot = true;
+        s.insert_vm(&vm).await.expect("insert");
+        stopped.insert(vm.id);
+    }
+    // Another image's stopped VM is not started (the pool resolves to `img` now).
+    let mut other = vm_row(POOL, "stopped", None);
+    other.image_id = "old-img".into();
+    s.insert_vm(&other).await.expect("insert");
+    let mut handles = Vec::new();
+    for _ in 0..12 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let t = task("p", false);
+            let a = s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request");
+            (t.id, a)
+        }));
+    }
+    let (mut started, mut fresh) = (HashSet::new(), 0);
+    for h in handles {
+        let (task_id, a) = h.await.expect("join");
+        let vm = a.vm.expect("a VM");
+        assert!(!a.handed_over, "a started VM is handed over once it answers");
+        if a.started {
+            assert!(stopped.contains(&vm.id), "{} is not one of the stopped VMs", vm.id);
+            assert!(started.insert(vm.id.clone()), "vm {} started for two tasks", vm.id);
+            let row = s.vm(&vm.id).await.expect("vm");
+            assert_eq!((row.state.as_str(), row.task_id.as_deref()), ("starting", Some(task_id.as_str())));
+            assert!(row.starting_at.is_some() && !row.stop_after_boot && !row.preallocated);
+            assert_eq!(s.task(&task_id).await.expect("task").vm_id.as_deref(), Some(vm.id.as_str()));
+        } else {
+            fresh += 1;
+        }
+    }
+    assert_eq!((started.len(), fresh), (5, 7));
+    assert_eq!(s.vm(&other.id).await.expect("vm").state, "stopped");
+
+    // The planner's start of a stopped VM for the warm target: once, and not for a task
+    // that already has a VM.
+    let mut vm = vm_row(POOL, "stopped", None);
+    vm.stop_after_boot = true;
+    s.insert_vm(&vm).await.expect("insert");
+    let t = task("p", false);
+    s.request_task(&t, &vm_row(POOL, "requested", Some(&t.id)), None).await.expect("request");
+    let spare = s.vm(&vm.id).await.expect("vm");
+    assert_eq!(spare.state, "starting", "the request started it");
+    let mut vm2 = vm_row(POOL, "stopped", None);
+    vm2.stop_after_boot = true;
+    s.insert_vm(&vm2).await.expect("insert");
+    assert!(!s.start_stopped(&vm2.id, Some(&t.id), now_ms()).await.expect("start"), "the task has its VM");
+    assert!(s.start_stopped(&vm2.id, None, now_ms()).await.expect("start"));
+    assert!(!s.start_stopped(&vm2.id, None, now_ms()).await.expect("start"), "started once");
+    let row = s.vm(&vm2.id).await.expect("vm");
+    assert!(row.preallocated && row.task_id.is_none() && !row.stop_after_boot);
 }

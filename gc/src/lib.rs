@@ -23,6 +23,10 @@ pub enum Phase {
     Ready,
     /// Assigned to a task.
     Assigned,
+    /// Stopped tier: being stopped after its first boot.
+    Stopping,
+    /// Stopped tier: stopped, waiting to be started.
+    Stopped,
     /// Releasing or terminating: the fleet wants it gone.
     Retiring,
     /// Terminated or failed in the store.
@@ -163,6 +167,13 @@ pub enum GcReason {
         /// The timeout.
         limit_ms: i64,
     },
+    /// A VM of the stopped tier whose instance did not stop within the VM start timeout.
+    StopTimeout {
+        /// The VM.
+        vm_id: String,
+        /// The timeout.
+        limit_ms: i64,
+    },
     /// A VM assigned for longer than the long-running task timeout.
     LongRunning {
         /// The VM.
@@ -263,6 +274,9 @@ impl std::fmt::Display for GcReason {
             }
             GcReason::StartTimeout { vm_id, limit_ms } => {
                 write!(f, "vm {vm_id} not ready within the VM start timeout of {} s", secs(*limit_ms))
+            }
+            GcReason::StopTimeout { vm_id, limit_ms } => {
+                write!(f, "vm {vm_id} not stopped within the VM start timeout of {} s", secs(*limit_ms))
             }
             GcReason::LongRunning { vm_id, limit_ms } => write!(
                 f,
@@ -491,7 +505,7 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
         let launched_long_ago = now_ms - vm.state_since_ms > s.retire_grace_ms;
         let lost = vm.instance_id.is_some() && live.is_none();
         match vm.phase {
-            Phase::Starting | Phase::Ready | Phase::Assigned
+            Phase::Starting | Phase::Ready | Phase::Assigned | Phase::Stopping | Phase::Stopped
                 if lost && (vm.phase != Phase::Starting || launched_long_ago) =>
             {
                 let requeue = vm.task.as_ref().filter(|(_, started)| !started).map(|(t, _)| t.clone());
@@ -515,6 +529,13 @@ fn plan_vms(snap: &Snapshot, now_ms: i64, s: &Settings) -> Vec<GcAction> {
                     vm_id: vm.vm_id.clone(),
                     instance_id: vm.instance_id.clone(),
                     reason: GcReason::StartTimeout { vm_id: vm.vm_id.clone(), limit_ms: s.vm_start_timeout_ms },
+                });
+            }
+            Phase::Stopping if now_ms - vm.state_since_ms > s.vm_start_timeout_ms => {
+                out.push(GcAction::FailVm {
+                    vm_id: vm.vm_id.clone(),
+                    instance_id: vm.instance_id.clone(),
+                    reason: GcReason::StopTimeout { vm_id: vm.vm_id.clone(), limit_ms: s.vm_start_timeout_ms },
                 });
             }
             Phase::Assigned if now_ms - vm.state_since_ms > s.long_running_task_timeout_ms => {

@@ -80,7 +80,6 @@ impl Config {
             })?;
         }
         cfg.validate(text, origin)?;
-        refuse_stopped_tier(&cfg.pools, origin)?;
         Ok(cfg)
     }
 
@@ -425,24 +424,6 @@ pub fn steps(steps: &[StepConfig]) -> Vec<vmfleet_scaler::step::Step> {
         .iter()
         .map(|s| vmfleet_scaler::step::Step { lower: s.lower, upper: s.upper, adjustment: s.adjustment })
         .collect()
-}
-
-/// The service does not run a stopped tier yet (its drivers cannot stop and start VMs); a
-/// policy that asks for one is refused as a whole rather than half applied.
-///
-/// # Errors
-/// [`ConfigError`] naming the first pool with `stopped`.
-pub fn refuse_stopped_tier(pools: &[PoolConfig], origin: &str) -> Result<(), ConfigError> {
-    match pools.iter().find(|p| p.stopped.is_some()) {
-        Some(p) => Err(ConfigError {
-            origin: origin.to_string(),
-            message: format!(
-                "pool {}: `stopped` (the stopped tier) is modelled by `vmfleet simulate` only; the service does not run it yet",
-                crate::domain::pool_key(p.executor.as_str(), &p.image, &p.resource_class)
-            ),
-        }),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

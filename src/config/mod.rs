@@ -406,8 +406,7 @@ pub struct PoolConfig {
     /// Sizes the warm target from a forecast of arrivals within the coming boot window.
     #[serde(default)]
     pub forecast: Option<ForecastConfig>,
-    /// Pre-initialized stopped VMs behind the running warm ones (modelled by `vmfleet
-    /// simulate`; the service refuses it until its drivers run it).
+    /// Pre-initialized stopped VMs behind the running warm ones.
     #[serde(default)]
     pub stopped: Option<StoppedConfig>,
 }
@@ -708,4 +707,4 @@ pub fn default_resource_classes() -> BTreeMap<String, ResourceClass> {
 
 mod load;
 
-pub use load::{from_yaml_str, refuse_stopped_tier, requirement, steps};
+pub use load::{from_yaml_str, requirement, steps};

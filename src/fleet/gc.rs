@@ -220,7 +220,9 @@ impl Fleet {
 pub(super) fn gc_record(vm: &VmRow, waiting: &HashSet<&str>) -> Option<vmfleet_gc::VmRecord> {
     use vmfleet_gc::Phase;
     let phase = match vm.vm_state()? {
-        VmState::Requested | VmState::Provisioning | VmState::Booting => Phase::Starting,
+        VmState::Requested | VmState::Provisioning | VmState::Booting | VmState::Starting => Phase::Starting,
+        VmState::Stopping => Phase::Stopping,
+        VmState::Stopped => Phase::Stopped,
         VmState::Ready => Phase::Ready,
         VmState::Assigned => Phase::Assigned,
         VmState::Releasing | VmState::Terminating => Phase::Retiring,
@@ -230,7 +232,8 @@ pub(super) fn gc_record(vm: &VmRow, waiting: &HashSet<&str>) -> Option<vmfleet_g
         vm_id: vm.id.clone(),
         phase,
         instance_id: vm.instance_id.clone(),
-        requested_at_ms: vm.requested_at,
+        // The start timeout counts from the last start of a VM of the stopped tier.
+        requested_at_ms: vm.start_clock(),
         state_since_ms: vm.state_since,
         task: vm.task_id.as_ref().map(|t| (t.clone(), !waiting.contains(t.as_str()))),
     })

@@ -54,7 +54,7 @@ impl Fleet {
             return Ok(());
         }
         let Some(target) = Self::ssh_target(&vm) else { return Ok(()) };
-        let start_left = self.config.timeouts.vm_start.as_millis() as i64 - (self.now() - vm.requested_at);
+        let start_left = self.config.timeouts.vm_start.as_millis() as i64 - (self.now() - vm.start_clock());
         let deadline = self.config.timeouts.ssh_connect.min(Duration::from_millis(start_left.max(1) as u64));
         let setup = match ssh::wait_ready(&target, deadline).await {
             Ok(session) => {
@@ -76,7 +76,7 @@ impl Fleet {
             return self.fail_and_terminate(&vm, &reason).await;
         }
         let now = self.now();
-        self.metrics.provisioning_duration.observe((now - vm.requested_at) as f64 / 1000.0);
+        self.metrics.provisioning_duration.observe((now - vm.start_clock()) as f64 / 1000.0);
         match &vm.task_id {
             Some(_) => self.hand_over(&vm).await,
             None => {
@@ -86,6 +86,15 @@ impl Fleet {
                     info!(vm = %vm_id, task = %task, "ready: taken by a task waiting for a boot");
                     let vm = self.store.vm(vm_id).await?;
                     return self.hand_over(&vm).await;
+                }
+                if vm.stop_after_boot {
+                    // First boot done and nothing took it: into the stopped tier.
+                    if self.store.transition(vm_id, &[VmState::Booting], VmState::Stopping, now).await? {
+                        info!(vm = %vm_id, pool = %vm.pool, "answered once; stopping for the stopped tier");
+                        self.audit("vm.stop", "fleet", vm_id, "first boot done; into the stopped tier").await;
+                        self.stop_instance(&vm).await;
+                    }
+                    return Ok(());
                 }
                 self.store.transition(vm_id, &[VmState::Booting], VmState::Ready, now).await?;
                 info!(vm = %vm_id, pool = %vm.pool, "ready (warm)");
@@ -107,6 +116,45 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// Asks the provider to stop a `stopping` VM's instance; a failed call is repeated by the
+    /// next pass, which sees the instance still running.
+    pub(super) async fn stop_instance(&self, vm: &VmRow) {
+        let Some(instance) = &vm.instance_id else { return };
+        if let Err(e) = self.provider.stop(std::slice::from_ref(instance)).await {
+            warn!(vm = %vm.id, error = %e, "stopping the instance; the next pass retries");
+        }
+    }
+
+    /// Asks the provider to start a `starting` VM's instance. Without capacity to start it,
+    /// the VM is failed and terminated, and its task (if any) gets a fresh launch instead; any
+    /// other failed call is repeated by the next pass, which sees the instance still stopped.
+    pub(super) async fn start_instance(&self, vm: &VmRow) -> Result<(), FleetError> {
+        let Some(instance) = &vm.instance_id else { return Ok(()) };
+        match self.provider.start(std::slice::from_ref(instance)).await {
+            Ok(()) => Ok(()),
+            Err(ProvisionError::InsufficientCapacity(m)) => {
+                let reason = format!("no capacity to start stopped instance {instance}: {m}");
+                self.metrics.start_failures.inc();
+                match &vm.task_id {
+                    Some(task) => {
+                        self.requeue(task, &vm.id, &reason, self.now()).await?;
+                        warn!(vm = %vm.id, task = %task, "{reason}; the task gets a fresh launch");
+                        self.audit("vm.fail", "fleet", &vm.id, &reason).await;
+                        if let Err(e) = self.provider.terminate(std::slice::from_ref(instance)).await {
+                            warn!(vm = %vm.id, error = %e, "terminating the instance; the collector will retry");
+                        }
+                        Ok(())
+                    }
+                    None => self.fail_and_terminate(vm, &reason).await,
+                }
+            }
+            Err(e) => {
+                warn!(vm = %vm.id, error = %e, "starting the instance; the next pass retries");
+                Ok(())
+            }
+        }
     }
 
     /// The installation's Docker CA, made on first use.

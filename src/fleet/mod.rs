@@ -188,6 +188,8 @@ pub struct Fleet {
     arrivals: tokio::sync::Mutex<(HashMap<String, vmfleet_scaler::forecast::History>, i64)>,
     /// The forecast targets, computed at most once a minute.
     forecast_targets: Mutex<vmfleet_scaler::forecast::Targets>,
+    /// The stopped tier's forecast targets, per pool.
+    stopped_targets: Mutex<vmfleet_scaler::forecast::Targets>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -257,6 +259,7 @@ impl Fleet {
             step_targets: Mutex::new(HashMap::new()),
             arrivals: tokio::sync::Mutex::new((HashMap::new(), 0)),
             forecast_targets: Mutex::new(vmfleet_scaler::forecast::Targets::default()),
+            stopped_targets: Mutex::new(vmfleet_scaler::forecast::Targets::default()),
         });
         fleet.refresh_catalog().await?;
         Ok(fleet)

@@ -78,6 +78,31 @@ impl Fleet {
                     }
                 }
                 VmState::Booting => self.spawn_readiness(&vm.id),
+                VmState::Stopping => match inst.map(|i| i.state) {
+                    Some(InstanceState::Stopped) => {
+                        let done = self.store.transition(&vm.id, &[VmState::Stopping], VmState::Stopped, now).await?;
+                        if done {
+                            info!(vm = %vm.id, pool = %vm.pool, "stopped (stopped tier)");
+                        }
+                    }
+                    // Killed between recording the stop and asking for it, or the call failed.
+                    Some(InstanceState::Running | InstanceState::Pending) if now - vm.state_since > RESEND_MS => {
+                        self.stop_instance(vm).await;
+                    }
+                    _ => {}
+                },
+                VmState::Starting => match inst {
+                    Some(i) if i.state == InstanceState::Running => {
+                        if let Some(host) = &i.host {
+                            self.store.set_booting(&vm.id, host, i.ssh_port, i.host_key.as_deref(), now).await?;
+                            self.spawn_readiness(&vm.id);
+                        }
+                    }
+                    Some(i) if i.state == InstanceState::Stopped && now - vm.state_since > RESEND_MS => {
+                        self.start_instance(vm).await?;
+                    }
+                    _ => {}
+                },
                 VmState::Assigned => {
                     // A warm VM claimed by a DLC task: attach the volume, then hand over.
                     if let Some(task_id) = &vm.task_id {
@@ -183,6 +208,10 @@ impl Fleet {
         true
     }
 }
+
+/// A stop or start that the instance does not show after this long is asked for again (the
+/// process may have died between recording it and calling the provider).
+const RESEND_MS: i64 = 10_000;
 
 /// How many launches one pass has in flight at once.
 const LAUNCHES_IN_FLIGHT: usize = 16;

@@ -36,9 +36,13 @@ impl Fleet {
                 keys.push(t.pool.clone());
             }
         }
-        // A pool no policy names may still hold idle VMs (a launch a task no longer needed).
+        // A pool no policy names may still hold idle VMs (a launch a task no longer needed) or
+        // stopped ones (a tier a policy no longer sets).
         for v in vms {
-            if v.vm_state() == Some(VmState::Ready) && v.task_id.is_none() && !keys.contains(&v.pool) {
+            if matches!(v.vm_state(), Some(VmState::Ready | VmState::Stopped))
+                && v.task_id.is_none()
+                && !keys.contains(&v.pool)
+            {
                 keys.push(v.pool.clone());
             }
         }
@@ -54,7 +58,10 @@ impl Fleet {
             let current = self.current_image(key);
             let obs = observe(key, vms, current.as_deref(), &queued);
             let policy = match cfg {
-                Some(p) => scaler_policy(p, self.target_floor(key)),
+                Some(p) => PoolPolicy {
+                    stopped_floor: self.stopped_targets.lock().unwrap_or_else(|p| p.into_inner()).get(key),
+                    ..scaler_policy(p, self.target_floor(key))
+                },
                 None => PoolPolicy::unnamed(),
             };
             pools.push((obs, policy));
@@ -124,38 +131,26 @@ impl Fleet {
                     }
                 }
                 ScaleAction::Launch { pool, count, reason } => {
-                    let Some(p) = policies.pool(&pool) else { continue };
-                    let mut done = 0;
-                    for _ in 0..count {
-                        let vm = match self.new_vm(p.executor, &p.image, &p.resource_class, None, self.now()) {
-                            Ok(vm) => vm,
-                            // One misconfigured pool must not stop the others.
-                            Err(e) => {
-                                warn!(%pool, error = %e, "cannot launch for this pool");
-                                break;
-                            }
-                        };
-                        if !self.store.insert_vm_within(&vm, self.bounds(&pool)).await? {
-                            break;
-                        }
-                        done += 1;
-                    }
-                    if done > 0 {
-                        info!(%pool, count = done, %reason, "warm launch");
+                    self.launch_warm(&policies, &pool, count, false, &reason.to_string()).await?;
+                }
+                ScaleAction::Start { pool, vm_id, task_id, reason } => {
+                    // Re-check: still stopped and free, and the task still queued.
+                    if self.store.start_stopped(&vm_id, task_id.as_deref(), self.now()).await? {
+                        info!(%pool, vm = %vm_id, task = ?task_id, %reason, "starting a stopped VM");
+                        self.audit("vm.start", "scaler", &vm_id, &reason.to_string()).await;
+                        let vm = self.store.vm(&vm_id).await?;
+                        self.start_instance(&vm).await?;
                         self.wake();
                     }
                 }
-                // Policies with a stopped tier are refused at load, so the planner has no
-                // stopped VMs to start and no stopped target to fill.
-                ScaleAction::Start { pool, vm_id, reason, .. } => {
-                    warn!(%pool, vm = %vm_id, %reason, "the service runs no stopped tier; start skipped");
-                }
-                ScaleAction::LaunchStopped { pool, reason, .. } => {
-                    warn!(%pool, %reason, "the service runs no stopped tier; launch skipped");
+                ScaleAction::LaunchStopped { pool, count, reason } => {
+                    self.launch_warm(&policies, &pool, count, true, &reason.to_string()).await?;
                 }
                 ScaleAction::Terminate { vm_id, reason, .. } => {
-                    // Re-check: only if it is still idle (a task may have just claimed it).
-                    if self.store.transition(&vm_id, &[VmState::Ready], VmState::Releasing, self.now()).await? {
+                    // Re-check: only if it is still idle or stopped (a task may have just claimed
+                    // it).
+                    let idle = [VmState::Ready, VmState::Stopped];
+                    if self.store.transition(&vm_id, &idle, VmState::Releasing, self.now()).await? {
                         info!(vm = %vm_id, %reason, "scale in");
                         self.audit("vm.terminate", "scaler", &vm_id, &reason.to_string()).await;
                     }
@@ -165,7 +160,42 @@ impl Fleet {
         Ok(())
     }
 
-    /// Brings the warm targets of pools with a `forecast` up to date, from the arrivals in the
+    /// Records up to `count` warm VMs of `pool` within its bounds (for the stopped tier when
+    /// `stop_after_boot`); the next pass launches them.
+    async fn launch_warm(
+        &self,
+        policies: &crate::policy::Policies,
+        pool: &str,
+        count: u32,
+        stop_after_boot: bool,
+        reason: &str,
+    ) -> Result<(), FleetError> {
+        let Some(p) = policies.pool(pool) else { return Ok(()) };
+        let mut done = 0;
+        for _ in 0..count {
+            let mut vm = match self.new_vm(p.executor, &p.image, &p.resource_class, None, self.now()) {
+                Ok(vm) => vm,
+                // One misconfigured pool must not stop the others.
+                Err(e) => {
+                    warn!(%pool, error = %e, "cannot launch for this pool");
+                    break;
+                }
+            };
+            vm.stop_after_boot = stop_after_boot;
+            if !self.store.insert_vm_within(&vm, self.bounds(pool)).await? {
+                break;
+            }
+            done += 1;
+        }
+        if done > 0 {
+            let what = if stop_after_boot { "launch for the stopped tier" } else { "warm launch" };
+            info!(%pool, count = done, %reason, "{what}");
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Brings the warm and stopped targets of pools with a `forecast` up to date, from the arrivals in the
     /// store (read incrementally, so every replica's requests count), once a minute.
     pub(super) async fn refresh_forecasts(
         &self,
@@ -177,12 +207,21 @@ impl Fleet {
             .iter()
             .filter_map(|p| Some((pool_key(p.executor.as_str(), &p.image, &p.resource_class), p.forecast?.forecast())))
             .collect();
-        if !self.forecast_targets.lock().unwrap_or_else(|p| p.into_inner()).stale(&with, now) {
+        let stopped_with: Vec<(String, vmfleet_scaler::forecast::Forecast)> = policies
+            .pools
+            .iter()
+            .filter_map(|p| {
+                Some((pool_key(p.executor.as_str(), &p.image, &p.resource_class), p.stopped?.forecast?.forecast()))
+            })
+            .collect();
+        let stale = self.forecast_targets.lock().unwrap_or_else(|p| p.into_inner()).stale(&with, now)
+            || self.stopped_targets.lock().unwrap_or_else(|p| p.into_inner()).stale(&stopped_with, now);
+        if !stale {
             return Ok(());
         }
         let mut guard = self.arrivals.lock().await;
         let (histories, seen) = &mut *guard;
-        if !with.is_empty() {
+        if !with.is_empty() || !stopped_with.is_empty() {
             if *seen == 0 {
                 *seen = now - 8 * 86_400_000;
             }
@@ -198,6 +237,7 @@ impl Fleet {
             }
         }
         self.forecast_targets.lock().unwrap_or_else(|p| p.into_inner()).refresh(with, |k| histories.get(k), now);
+        self.stopped_targets.lock().unwrap_or_else(|p| p.into_inner()).refresh(stopped_with, |k| histories.get(k), now);
         Ok(())
     }
 
@@ -212,7 +252,14 @@ impl Fleet {
 /// VMs of another are outdated).
 pub fn vm_view<'a>(vm: &'a VmRow, current: Option<&str>) -> VmView<'a> {
     let phase = match vm.vm_state() {
-        Some(VmState::Requested | VmState::Provisioning | VmState::Booting) => VmPhase::Starting,
+        Some(VmState::Requested | VmState::Provisioning | VmState::Booting)
+            if vm.stop_after_boot && vm.task_id.is_none() =>
+        {
+            VmPhase::Initializing
+        }
+        Some(VmState::Requested | VmState::Provisioning | VmState::Booting | VmState::Starting) => VmPhase::Starting,
+        Some(VmState::Stopping) => VmPhase::Initializing,
+        Some(VmState::Stopped) => VmPhase::Stopped,
         Some(VmState::Ready) => VmPhase::Ready,
         Some(VmState::Assigned) => VmPhase::Assigned,
         Some(VmState::Releasing | VmState::Terminating) => VmPhase::Retiring,
@@ -224,7 +271,8 @@ pub fn vm_view<'a>(vm: &'a VmRow, current: Option<&str>) -> VmView<'a> {
         phase,
         has_task: vm.task_id.is_some(),
         draining: vm.draining,
-        ready_at_ms: vm.ready_at,
+        // A stopped VM's idle time counts from its stop.
+        ready_at_ms: if vm.vm_state() == Some(VmState::Stopped) { vm.stopped_at.or(vm.ready_at) } else { vm.ready_at },
         requested_at_ms: vm.requested_at,
         outdated: current.is_some_and(|c| c != vm.image_id),
     }

@@ -45,6 +45,14 @@ impl Fleet {
         let on_demand = self.new_vm(executor, &req.image, &req.resource_class, Some(&task.id), now)?;
         let audit = self.event("task.request", "api", &task.id, &task.pool);
         let a = self.store.request_task_within(&task, &on_demand, Some(&audit), self.bounds(&task.pool)).await?;
+        if let Some(vm) = a.vm.as_ref().filter(|_| a.started) {
+            info!(task = %task.id, vm = %vm.id, pool = %task.pool, "starting a stopped VM for the task");
+            self.audit("vm.start", "api", &vm.id, &format!("for task {}", task.id)).await;
+            // The task is recorded; should this fail, the next pass asks again.
+            if let Err(e) = self.start_instance(vm).await {
+                warn!(task = %task.id, vm = %vm.id, error = %e, "starting the stopped VM; the next pass retries");
+            }
+        }
         self.wake();
         let mut task = task;
         task.vm_id = a.vm.as_ref().map(|v| v.id.clone());

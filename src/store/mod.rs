@@ -155,6 +155,49 @@ macro_rules! claim_idle {
     }};
 }
 
+/// Starts a stopped VM of `pool` (of `image_id`) for a task that found no idle one, in the
+/// planner's claim order, each step conditional on the VM still being stopped and free.
+/// Evaluates to the VM, now `starting` and reserved for the task; the caller asks the provider.
+macro_rules! claim_stopped {
+    ($ex:expr, $task_id:expr, $pool:expr, $image_id:expr, $now:expr) => {{
+        let image_id: &str = $image_id;
+        let rows: Vec<(String, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT id, stopped_at, requested_at FROM vms \
+             WHERE pool = $1 AND state = 'stopped' AND NOT draining AND task_id IS NULL AND image_id = $2",
+        )
+        .bind($pool)
+        .bind(image_id)
+        .fetch_all($ex)
+        .await?;
+        let stopped: Vec<vmfleet_scaler::IdleVm> = rows
+            .iter()
+            .map(|(id, stopped_at, requested_at)| vmfleet_scaler::IdleVm {
+                vm_id: id.clone(),
+                ready_at_ms: stopped_at.unwrap_or(*requested_at),
+                launched_at_ms: *requested_at,
+                outdated: false,
+            })
+            .collect();
+        let mut started: Option<VmRow> = None;
+        for i in vmfleet_scaler::claim_order(&stopped) {
+            started = sqlx::query_as(
+                "UPDATE vms SET state = 'starting', task_id = $1, preallocated = FALSE, stop_after_boot = FALSE, \
+                 starting_at = $2, state_since = $2 \
+                 WHERE id = $3 AND state = 'stopped' AND NOT draining AND task_id IS NULL RETURNING *",
+            )
+            .bind($task_id)
+            .bind($now)
+            .bind(&stopped[i].vm_id)
+            .fetch_optional($ex)
+            .await?;
+            if started.is_some() {
+                break;
+            }
+        }
+        started
+    }};
+}
+
 macro_rules! insert_task {
     ($ex:expr, $t:expr) => {{
         let t: &TaskRow = $t;
@@ -189,8 +232,8 @@ macro_rules! insert_vm {
         sqlx::query(
             "INSERT INTO vms (id, pool, executor, image, resource_class, preallocated, state, task_id, instance_id, \
              image_id, instance_type, platform, zone, host, ssh_port, ssh_user, ssh_private_key, ssh_public_key, \
-             host_key, draining, failure_reason, requested_at, state_since) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $22)",
+             host_key, draining, failure_reason, requested_at, state_since, stop_after_boot) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $22, $23)",
         )
         .bind(&v.id)
         .bind(&v.pool)
@@ -214,6 +257,7 @@ macro_rules! insert_vm {
         .bind(v.draining)
         .bind(&v.failure_reason)
         .bind(v.requested_at)
+        .bind(v.stop_after_boot)
         .execute($ex)
         .await
         .map(|r| r.rows_affected())
@@ -349,7 +393,8 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const VM_LIVE: &str = "('requested','provisioning','booting','ready','assigned','releasing','terminating')";
+const VM_LIVE: &str =
+    "('requested','provisioning','booting','ready','assigned','stopping','stopped','starting','releasing','terminating')";
 
 impl Store {
     /// Connects to `url` (`sqlite:PATH` or `postgres://…`) and runs the migrations.

@@ -16,6 +16,12 @@ pub enum VmState {
     Ready,
     /// Handed to a task.
     Assigned,
+    /// Stopped tier: booted once, being stopped.
+    Stopping,
+    /// Stopped tier: stopped, paying for its volume only; never ran a job.
+    Stopped,
+    /// Stopped tier: being started again (for a task, or the running warm target).
+    Starting,
     /// The task is done; detaching volumes.
     Releasing,
     /// The provider is terminating it.
@@ -28,12 +34,15 @@ pub enum VmState {
 
 impl VmState {
     /// All states, in lifecycle order.
-    pub const ALL: [VmState; 9] = [
+    pub const ALL: [VmState; 12] = [
         VmState::Requested,
         VmState::Provisioning,
         VmState::Booting,
         VmState::Ready,
         VmState::Assigned,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Starting,
         VmState::Releasing,
         VmState::Terminating,
         VmState::Terminated,
@@ -48,6 +57,9 @@ impl VmState {
             VmState::Booting => "booting",
             VmState::Ready => "ready",
             VmState::Assigned => "assigned",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
             VmState::Releasing => "releasing",
             VmState::Terminating => "terminating",
             VmState::Terminated => "terminated",
@@ -68,6 +80,9 @@ impl VmState {
             VmState::Booting => "booting_at",
             VmState::Ready => "ready_at",
             VmState::Assigned => "assigned_at",
+            VmState::Stopping => "stopping_at",
+            VmState::Stopped => "stopped_at",
+            VmState::Starting => "starting_at",
             VmState::Releasing => "releasing_at",
             VmState::Terminating => "terminating_at",
             VmState::Terminated => "terminated_at",
@@ -111,6 +126,11 @@ pub struct VmRow {
     pub failed_at: Option<i64>,
     pub state_since: i64,
     pub docker_host: Option<String>,
+    /// Launched for the stopped tier: stopped once it first answers, unless a task took it.
+    pub stop_after_boot: bool,
+    pub stopping_at: Option<i64>,
+    pub stopped_at: Option<i64>,
+    pub starting_at: Option<i64>,
 }
 
 impl std::fmt::Debug for VmRow {
@@ -177,12 +197,22 @@ impl VmRow {
             failed_at: None,
             state_since: now,
             docker_host: None,
+            stop_after_boot: false,
+            stopping_at: None,
+            stopped_at: None,
+            starting_at: None,
         }
     }
 
     /// The parsed state.
     pub fn vm_state(&self) -> Option<VmState> {
         VmState::parse(&self.state)
+    }
+
+    /// When the VM's current start began: its request, or its last start from stopped. The VM
+    /// start timeout counts from here.
+    pub fn start_clock(&self) -> i64 {
+        self.starting_at.unwrap_or(self.requested_at)
     }
 }
 
@@ -248,6 +278,9 @@ pub struct Assignment {
     pub warm: bool,
     /// Whether the task was handed its VM at once.
     pub handed_over: bool,
+    /// Whether the VM is a stopped one, now starting for the task (the provider has not been
+    /// asked yet).
+    pub started: bool,
 }
 
 /// Bounds an insert of a VM must respect: instances in every state count.

@@ -66,14 +66,26 @@ impl Store {
                     } else {
                         execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &vm.id);
                     }
-                    Assignment { vm: Some(vm), warm: true, handed_over: handed }
+                    Assignment { vm: Some(vm), warm: true, handed_over: handed, started: false }
                 }
-                None if room!(&mut *tx, pg, &on_demand.pool, bounds) => {
-                    insert_vm!(&mut *tx, on_demand)?;
-                    execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &on_demand.id);
-                    Assignment { vm: Some(on_demand.clone()), warm: false, handed_over: false }
+                None => {
+                    // A stopped VM before a fresh launch; it is an instance already, so the
+                    // bounds have counted it.
+                    let started: Option<VmRow> =
+                        claim_stopped!(&mut *tx, &task.id, &task.pool, &on_demand.image_id, now);
+                    match started {
+                        Some(vm) => {
+                            execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &vm.id);
+                            Assignment { vm: Some(vm), warm: false, handed_over: false, started: true }
+                        }
+                        None if room!(&mut *tx, pg, &on_demand.pool, bounds) => {
+                            insert_vm!(&mut *tx, on_demand)?;
+                            execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", &task.id, &on_demand.id);
+                            Assignment { vm: Some(on_demand.clone()), warm: false, handed_over: false, started: false }
+                        }
+                        None => Assignment { vm: None, warm: false, handed_over: false, started: false },
+                    }
                 }
-                None => Assignment { vm: None, warm: false, handed_over: false },
             }
         }))
     }

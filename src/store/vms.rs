@@ -252,10 +252,50 @@ impl Store {
         host_key: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE vms SET state = 'booting', host = $2, ssh_port = $3, host_key = $4, booting_at = $5, \
-                   state_since = $5 WHERE id = $1 AND state IN ('requested','provisioning')";
+        // A VM started again from stopped keeps the host key it had.
+        let sql = "UPDATE vms SET state = 'booting', host = $2, ssh_port = $3, host_key = COALESCE($4, host_key), \
+                   booting_at = $5, state_since = $5 WHERE id = $1 AND state IN ('requested','provisioning','starting')";
         let n = execute!(&self.db, sql, id, host, i64::from(port), host_key, now)?;
         Ok(n == 1)
+    }
+
+    /// Starts the stopped VM `vm_id` (`stopped` → `starting`), for the running warm target or
+    /// for `task_id`, queued without a VM, if both still are; returns whether it did. The VM
+    /// is no longer one to stop once it answers.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn start_stopped(&self, vm_id: &str, task_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
+        let lock = self.lock_clause().replace(" SKIP LOCKED", "");
+        Ok(in_tx!(&self.db, |tx| {
+            let mut queued = true;
+            if let Some(task) = task_id {
+                let row: Option<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM tasks WHERE id = $1 AND state = 'waiting' AND vm_id IS NULL{lock}"
+                ))
+                .bind(task)
+                .fetch_optional(&mut *tx)
+                .await?;
+                queued = row.is_some();
+            }
+            let started = queued
+                && execute_in!(
+                    tx,
+                    "UPDATE vms SET state = 'starting', starting_at = $2, state_since = $2, stop_after_boot = FALSE, \
+                     task_id = $3, preallocated = $4 WHERE id = $1 AND state = 'stopped' AND task_id IS NULL \
+                     AND NOT draining",
+                    vm_id,
+                    now,
+                    task_id,
+                    task_id.is_none()
+                ) == 1;
+            if started {
+                if let Some(task) = task_id {
+                    execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", task, vm_id);
+                }
+            }
+            started
+        }))
     }
 
     /// Fails a VM (and the task it was reserved for or running).
