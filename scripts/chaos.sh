@@ -10,10 +10,12 @@
 # server stopped for PG_OUTAGE_SECS while jobs run and arrive. Disk full: the data directory on a
 # small tmpfs filled while tasks arrive (needs root for the mount). The test command runs them
 # all in their short modes (2 trials of 20 tasks; 5 s of throttling; 5 s without PostgreSQL).
+# VMFLEET_CHAOS_FIRST_TRIAL=N resumes the seed's kill points at trial N. The emulator is emptied
+# before each kill -9 trial (moto slows with every instance it ever held).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VMFLEET_CHAOS_TRIALS=${1:-20} VMFLEET_CHAOS_TASKS=${2:-200} VMFLEET_CHAOS_SEED=${3:-1}
 export VMFLEET_CHAOS_THROTTLE_SECS=${4:-60} VMFLEET_CHAOS_PG_OUTAGE_SECS=${5:-30}
 # One campaign at a time: side by side they share one moto and two cores, and measure each other.
-export RUST_TEST_THREADS=1
+export RUST_TEST_THREADS=1 VMFLEET_CHAOS_RESET_MOTO=1
 VMFLEET_TEST_ONLY="--test ec2 --test replicas chaos_" exec scripts/test.sh

@@ -221,3 +221,28 @@ impl Planner for Schedule {
         out
     }
 }
+
+/// An EC2 Auto Scaling group with a warm pool: a fixed number of pre-initialized stopped
+/// instances per pool behind an on-demand group. A task with no idle VM takes a stopped one
+/// (the engine starts it before any fresh launch), and the warm pool refills to its size; the
+/// group keeps no running spares.
+pub(crate) struct AsgWarmPool {
+    pub(crate) stopped: Vec<u32>,
+}
+
+impl Planner for AsgWarmPool {
+    fn plan(&mut self, obs: &[PoolObservation], _: i64, _: &[History], _: &[f64]) -> Vec<ScaleAction> {
+        let (obs, mut out) = assigned(obs);
+        for (o, n) in obs.iter().zip(&self.stopped) {
+            let have = o.stopped.len() as u32 + o.initializing;
+            if *n > have {
+                out.push(ScaleAction::LaunchStopped {
+                    pool: o.pool.clone(),
+                    count: n - have,
+                    reason: ScaleReason::Baseline("warm pool size"),
+                });
+            }
+        }
+        out
+    }
+}

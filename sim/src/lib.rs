@@ -17,7 +17,7 @@ pub mod trace;
 use vmfleet_scaler::forecast::Forecast;
 use vmfleet_scaler::PoolPolicy;
 
-use baselines::{Idle, Schedule, Step};
+use baselines::{AsgWarmPool, Idle, Schedule, Step};
 pub use baselines::{Static, Vmfleet};
 pub use cloud::{Cloud, StoppedModel};
 pub use engine::{Collector, Planner, Sim};
@@ -46,7 +46,7 @@ pub struct Setup {
 
 /// A baseline name that is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("--compare: unknown baseline {0:?}; use static, idle, step or schedule")]
+#[error("--compare: unknown baseline {0:?}; use static, idle, step, schedule or asg-warm-pool")]
 pub struct UnknownBaseline(String);
 
 /// Runs every candidate over `trace` (two at a time: the machine has two cores), sorted by
@@ -234,6 +234,17 @@ pub fn baseline_candidates(which: &str, shares: &[f64], sweep: bool) -> Result<V
                 });
             }
         }
+        "asg-warm-pool" => {
+            let ns: Vec<u32> = if sweep { vec![4, 8, 16, 32, 64, 128] } else { vec![32] };
+            for n in ns {
+                let sh = shares.clone();
+                out.push(Candidate {
+                    name: format!("asg-warm-pool:stopped={n}"),
+                    family: "asg-warm-pool",
+                    make: Box::new(move || Box::new(AsgWarmPool { stopped: spread(n, &sh) }) as Box<dyn Planner>),
+                });
+            }
+        }
         other => return Err(UnknownBaseline(other.to_string())),
     }
     Ok(out)
@@ -306,6 +317,17 @@ mod tests {
         assert!((r.oracle_cost - r.oracle_vm_hours).abs() < 1e-9 && (r.cost_vs_oracle - w.cost_vs_oracle).abs() < 1e-9);
     }
 
+    /// Boots of exactly 90 s, starts of exactly 20 s, `failures` of the starts failing.
+    fn fixed_starts(failures: f64) -> Cloud {
+        Cloud::new(Duration::from_secs(90), Duration::from_secs(90), 0.0).with_stopped(StoppedModel {
+            start_median: Duration::from_secs(20),
+            start_p95: Duration::from_secs(20),
+            start_failures: failures,
+            volume_gb: 100.0,
+            usd_gb_month: 0.08,
+        })
+    }
+
     #[test]
     fn a_task_that_finds_no_running_vm_starts_a_stopped_one_and_the_tier_refills() {
         let t = trace(vec![
@@ -314,21 +336,12 @@ mod tests {
             Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
             Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
         ]);
-        let fixed = |failures| {
-            Cloud::new(Duration::from_secs(90), Duration::from_secs(90), 0.0).with_stopped(StoppedModel {
-                start_median: Duration::from_secs(20),
-                start_p95: Duration::from_secs(20),
-                start_failures: failures,
-                volume_gb: 100.0,
-                usd_gb_month: 0.08,
-            })
-        };
         let policy = PoolPolicy { min_stopped: 2, idle_timeout_ms: 600_000, ..PoolPolicy::unnamed() };
         let run = |cloud| {
             let mut p = Vmfleet::new(vec![policy.clone()], vec![None], None);
             Sim::new(&t, cloud, COLLECTOR, 1).run(&mut p, false).0
         };
-        let o = run(fixed(0.0));
+        let o = run(fixed_starts(0.0));
         let q = |o: &Outcome| {
             let mut v = vec![o.p50_queue_s, o.max_queue_s];
             v.sort_by(f64::total_cmp);
@@ -348,8 +361,31 @@ mod tests {
         assert!(o.cost > o.vm_hours * price_of("machine/default/medium", &[]), "volumes are paid for");
         assert_eq!(o.start_failures, 0);
         // Every start failing: the tasks get fresh launches instead, and the failures count.
-        let f = run(fixed(1.0));
+        let f = run(fixed_starts(1.0));
         assert!(f.start_failures >= 2 && (f.p50_queue_s - 90.0).abs() < 0.5, "{f:?}");
+    }
+
+    #[test]
+    fn the_asg_warm_pool_baseline_keeps_a_fixed_stopped_pool_and_no_running_spares() {
+        let t = trace(vec![
+            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
+            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
+        ]);
+        let cloud = fixed_starts(0.0);
+        let make = baseline_candidates("asg-warm-pool", &[1.0], false).expect("known").remove(0);
+        assert_eq!((make.name.as_str(), make.family), ("asg-warm-pool:stopped=32", "asg-warm-pool"));
+        let mut p = AsgWarmPool { stopped: vec![2] };
+        let (o, _) = Sim::new(&t, cloud, COLLECTOR, 1).run(&mut p, false);
+        // The first task comes before the pool is filled (a boot); two of the burst start
+        // stopped VMs (20 s), the third waits a fresh boot; nothing running idled, and the
+        // pool refilled behind them.
+        assert!((o.max_queue_s - 90.0).abs() < 0.5 && (o.p50_queue_s - 20.0).abs() < 0.5, "{o:?}");
+        assert_eq!(o.warm_hit_rate, 0.0);
+        assert!(o.idle_vm_hours < 0.01, "no running spares: {o:?}");
+        assert_eq!(o.launches, 1 + 2 + 2 + 1, "a fresh one, the pool, its refill, a fresh one: {o:?}");
+        assert!(o.stopped_vm_hours > 1.9 && o.stopped_cost > 0.0, "{o:?}");
     }
 
     #[test]
