@@ -565,6 +565,15 @@ fn kill_9_of_serve_while_the_stopped_tier_fills_and_starts_leaves_nothing_untrac
         stopped(v) == 2 && v.iter().all(|(_, st, _)| matches!(st.as_str(), "stopped" | "assigned" | "ready"))
     });
 
+    // `vmfleet status` shows both tiers of the pool.
+    let status = s.cli_ok(&["status"]);
+    let header = status.lines().find(|l| l.starts_with("Pool")).expect("the pool table");
+    let row = status.lines().find(|l| l.starts_with("machine/default/medium")).expect("the pool's row");
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let at = cols.iter().position(|c| *c == "stopped").expect("a stopped column");
+    assert_eq!(cells[at], "2", "{status}");
+
     // One collector pass, then every instance on disk is a live VM's and every live VM has one.
     s.cli_ok(&["gc", "--orphan-grace", "0s"]);
     let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(s.dir.path().join("local/instances"))

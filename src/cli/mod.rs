@@ -193,9 +193,14 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let vols: Vec<String> = s.volumes.iter().map(|(k, v)| format!("{v} {k}")).collect();
             println!("Volumes       {}", if vols.is_empty() { "none".into() } else { vols.join(", ") });
             println!();
-            let states = ["requested", "provisioning", "booting", "ready", "assigned", "releasing", "terminating"];
+            // Every live state, the stopped tier's included, in lifecycle order.
+            let states: Vec<&str> = crate::store::VmState::ALL
+                .into_iter()
+                .filter(|s| !matches!(s, crate::store::VmState::Terminated | crate::store::VmState::Failed))
+                .map(crate::store::VmState::as_str)
+                .collect();
             let mut headers = vec!["Pool"];
-            headers.extend(states);
+            headers.extend(&states);
             let rows = s
                 .pools
                 .iter()
