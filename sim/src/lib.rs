@@ -328,14 +328,15 @@ mod tests {
         })
     }
 
+    /// One task, then three at once an hour later.
+    fn one_then_a_burst_of_three() -> Trace {
+        let task = |at, project| Task { at, project, pool: 0, dlc: false, dur: 60_000 };
+        trace(vec![task(0, 0), task(3_600_000, 0), task(3_600_000, 1), task(3_600_000, 1)])
+    }
+
     #[test]
     fn a_task_that_finds_no_running_vm_starts_a_stopped_one_and_the_tier_refills() {
-        let t = trace(vec![
-            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
-        ]);
+        let t = one_then_a_burst_of_three();
         let policy = PoolPolicy { min_stopped: 2, idle_timeout_ms: 600_000, ..PoolPolicy::unnamed() };
         let run = |cloud| {
             let mut p = Vmfleet::new(vec![policy.clone()], vec![None], None);
@@ -367,12 +368,7 @@ mod tests {
 
     #[test]
     fn the_asg_warm_pool_baseline_keeps_a_fixed_stopped_pool_and_no_running_spares() {
-        let t = trace(vec![
-            Task { at: 0, project: 0, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 0, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
-            Task { at: 3_600_000, project: 1, pool: 0, dlc: false, dur: 60_000 },
-        ]);
+        let t = one_then_a_burst_of_three();
         let cloud = fixed_starts(0.0);
         let make = baseline_candidates("asg-warm-pool", &[1.0], false).expect("known").remove(0);
         assert_eq!((make.name.as_str(), make.family), ("asg-warm-pool:stopped=32", "asg-warm-pool"));

@@ -59,18 +59,21 @@ impl Fleet {
                 // Nothing here stopped it, so it will not come back: fail now rather than at
                 // the VM start timeout, or by handing a task a VM that does not answer.
                 let reason = match state {
-                    VmState::Provisioning | VmState::Booting => "stopped before the VM was ready",
-                    VmState::Ready => "stopped while the VM waited warm",
-                    _ => "",
+                    VmState::Provisioning | VmState::Booting => Some("stopped before the VM was ready"),
+                    VmState::Ready => Some("stopped while the VM waited warm"),
+                    _ => None,
                 };
-                if !reason.is_empty() {
+                if let Some(reason) = reason {
                     self.fail_and_terminate(vm, &format!("instance {} {reason}", inst.instance_id)).await?;
                     continue;
                 }
             }
             match state {
-                VmState::Provisioning => {
-                    if let Some(inst) = inst.filter(|i| i.state == InstanceState::Running) {
+                // Launched, or started again from stopped: booting once the instance runs.
+                VmState::Provisioning | VmState::Starting
+                    if inst.is_some_and(|i| i.state == InstanceState::Running) =>
+                {
+                    if let Some(inst) = inst {
                         if let Some(host) = &inst.host {
                             self.store.set_booting(&vm.id, host, inst.ssh_port, inst.host_key.as_deref(), now).await?;
                             self.spawn_readiness(&vm.id);
@@ -91,18 +94,11 @@ impl Fleet {
                     }
                     _ => {}
                 },
-                VmState::Starting => match inst {
-                    Some(i) if i.state == InstanceState::Running => {
-                        if let Some(host) = &i.host {
-                            self.store.set_booting(&vm.id, host, i.ssh_port, i.host_key.as_deref(), now).await?;
-                            self.spawn_readiness(&vm.id);
-                        }
-                    }
-                    Some(i) if i.state == InstanceState::Stopped && now - vm.state_since > RESEND_MS => {
-                        self.start_instance(vm).await?;
-                    }
-                    _ => {}
-                },
+                VmState::Starting
+                    if inst.is_some_and(|i| i.state == InstanceState::Stopped) && now - vm.state_since > RESEND_MS =>
+                {
+                    self.start_instance(vm).await?;
+                }
                 VmState::Assigned => {
                     // A warm VM claimed by a DLC task: attach the volume, then hand over.
                     if let Some(task_id) = &vm.task_id {
