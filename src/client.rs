@@ -76,6 +76,31 @@ impl Client {
         probe.send().await.is_ok()
     }
 
+    /// PUT with a JSON body.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// DELETE of a route that answers 204 No Content.
+    ///
+    /// # Errors
+    /// Transport or API errors.
+    pub async fn delete_empty(&self, path: &str) -> anyhow::Result<()> {
+        let mut req = self.http.delete(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach vmfleet at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!(api_error(status, resp.text().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     /// DELETE.
     ///
     /// # Errors
@@ -83,6 +108,19 @@ impl Client {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
     }
+}
+
+/// One path segment, percent-encoded (project names hold `/`, fingerprints `/` and `+`).
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `STATUS REASON: message`, with the message of an API error body when it is one.

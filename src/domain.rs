@@ -14,6 +14,8 @@ pub enum Scope {
     Agent,
     /// Packer pipelines: register image versions, nothing else.
     ImagePublisher,
+    /// Jobs' secrets: project variables, contexts, SSH keys, the secrets key.
+    Secrets,
 }
 
 impl Scope {
@@ -24,6 +26,7 @@ impl Scope {
             "operator" => Some(Scope::Operator),
             "agent" => Some(Scope::Agent),
             "image-publisher" => Some(Scope::ImagePublisher),
+            "secrets" => Some(Scope::Secrets),
             _ => None,
         }
     }
@@ -35,6 +38,7 @@ impl Scope {
             Scope::Operator => "operator",
             Scope::Agent => "agent",
             Scope::ImagePublisher => "image-publisher",
+            Scope::Secrets => "secrets",
         }
     }
 }

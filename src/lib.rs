@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod metrics_out;
 pub mod policy;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod yaml;

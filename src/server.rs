@@ -54,6 +54,11 @@ pub async fn start_with_clock(
     let auth = Authenticator::new(&config.auth.tokens, store.clone());
     let fleet = Fleet::with_clock(config, store, provider, clock).await?;
     fleet.reload_policies().map_err(|e| anyhow::anyhow!("policies: {e}"))?;
+    let key = fleet.config.secrets.key.as_ref().map(|k| k.0.as_str());
+    let secrets =
+        crate::secrets::Secrets::load(fleet.store.clone(), &fleet.install_id, key, &fleet.config.secrets_key_path())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = Shutdown::default();
     tokio::spawn(fleet.clone().run(shutdown.clone()));
     if let Some(dir) = fleet.config.policies_dir.clone() {
@@ -63,7 +68,7 @@ pub async fn start_with_clock(
     if let Some(path) = config_path {
         tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
     }
-    let jobs = crate::jobs::Jobs::new(fleet.clone());
+    let jobs = crate::jobs::Jobs::new(fleet.clone(), secrets);
     tokio::spawn(jobs.clone().run(shutdown.clone()));
     let state = AppState { fleet: fleet.clone(), auth, config_error, jobs: jobs.clone() };
     Ok(Running { fleet, state, shutdown, jobs })

@@ -4,85 +4,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmfleet");
-
-struct Server {
-    child: Child,
-    config: std::path::PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Terminate any VM agents left behind.
-        let _ =
-            Command::new("pkill").arg("-f").arg(format!("local-vm-agent --dir {}", self.dir.path().display())).status();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use common::serve::{serve_with, Server, BIN};
 
 fn serve() -> Server {
     serve_with("timeouts:\n  ssh_connect: 30s\n  vm_start: 60s\n")
 }
 
-/// A server whose configuration ends with `extra` (YAML).
-fn serve_with(extra: &str) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("vmfleet.yaml");
-    std::fs::write(
-        &config,
-        format!("data_dir: {}\nlisten: 127.0.0.1:{port}\nreconcile_interval: 200ms\n{extra}", dir.path().display()),
-    )
-    .expect("config");
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log"))
-        .spawn()
-        .expect("serve");
-    let s = Server { child, config, dir };
-    for _ in 0..100 {
-        if s.cli(&["status"]).status.success() {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("server did not come up: {}", std::fs::read_to_string(s.dir.path().join("serve.log")).unwrap_or_default());
-}
-
 impl Server {
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("VMFLEET_TOKEN")
-            .env_remove("VMFLEET_SERVER")
-            .output()
-            .expect("cli")
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "vmfleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf8")
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.cli_ok(args)).expect("json")
-    }
-
     /// Requests a task, waits for its VM, writes its key; returns (task, port, key path).
     fn request(&self, project: &str, dlc: bool) -> (serde_json::Value, u16, std::path::PathBuf) {
         let key = self.dir.path().join(format!("key-{}", common_id()));

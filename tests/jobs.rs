@@ -42,6 +42,7 @@ fn submission(config: &str, job: &str, project: &str) -> JobSubmission {
         deploy_key: None,
         parameters: BTreeMap::new(),
         pipeline_parameters: BTreeMap::new(),
+        workflow: None,
     }
 }
 
@@ -270,6 +271,11 @@ async fn checkout_clones_a_local_repository_at_its_revision() {
     assert_eq!(v.state, "success", "{out:?}");
     assert!(out[&0].contains("version two at") && out[&0].contains("key mode 600"), "{out:?}");
     assert!(!out[&0].contains("secret-material"), "{out:?}");
+    let row = f.running.fleet.store.job(&v.id).await.expect("job");
+    assert!(
+        row.deploy_key.as_deref().is_some_and(|k| !k.contains("secret-material")),
+        "the deploy key is sealed at rest"
+    );
     // Without a repository, checkout fails with the reason.
     let (v, out) = f.run(&submission(config, "build", "gh/acme/app")).await;
     assert_eq!(v.state, "failed");

@@ -5,6 +5,7 @@
 //! without a valid token, 403 for the wrong scope, 404, 409, 500.
 
 mod openapi;
+pub mod secrets;
 pub mod views;
 
 use std::sync::{Arc, RwLock};
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -216,6 +217,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/output", get(job_output))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/projects/{project}/env", get(secrets::list_project_env))
+        .route(
+            "/api/v1/projects/{project}/env/{name}",
+            put(secrets::set_project_env).delete(secrets::unset_project_env),
+        )
+        .route("/api/v1/projects/{project}/ssh-keys", get(secrets::list_ssh_keys).post(secrets::add_ssh_key))
+        .route("/api/v1/projects/{project}/ssh-keys/{fingerprint}", axum::routing::delete(secrets::remove_ssh_key))
+        .route("/api/v1/contexts", get(secrets::list_contexts).post(secrets::create_context))
+        .route("/api/v1/contexts/{name}", get(secrets::show_context).delete(secrets::delete_context))
+        .route("/api/v1/contexts/{name}/env/{var}", put(secrets::set_context_env).delete(secrets::unset_context_env))
+        .route("/api/v1/secrets/rotate-key", post(secrets::rotate_key))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")

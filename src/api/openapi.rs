@@ -48,7 +48,7 @@ pub fn spec() -> Value {
         v["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
         v
     };
-    json!({
+    let mut spec = json!({
         "openapi": "3.0.3",
         "info": {"title": "vmfleet", "version": env!("CARGO_PKG_VERSION"), "description": "VM fleet and autoscaling controller for CI executors."},
         "paths": {
@@ -78,7 +78,7 @@ pub fn spec() -> Value {
             "/api/v1/images/{name}/promote": {"post": with_id_name(with_body(op("Point an alias (default: the name) at a version {version, alias}", "operator", "200", &[("400", "a bad field, named"), ("404", "no such version"), ("413", BODY_413)]), "Promote", true))},
             "/api/v1/images/{name}/rollback": {"post": with_id_name(with_body(op("Point an alias (default: the name) back at its previous version {alias}", "operator", "200", &[("400", "a bad field, named"), ("404", "no such alias"), ("409", "nothing to roll back to"), ("413", BODY_413)]), "Rollback", false))},
             "/api/v1/jobs": {
-                "post": with_body(op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line (a config past its limits included), or a job this installation cannot run"), ("413", BODY_413)]), "JobSubmission", true),
+                "post": with_body(op("Submit a CircleCI job {config, config_file, job, project, repo, revision, branch, deploy_key, parameters, pipeline_parameters, workflow}; it is checked whole and queued with one task per parallel node", "operator, agent", "201", &[("400", "a bad config, named with its file and line (a config past its limits included), a job this installation cannot run, or a context the project may not use"), ("413", BODY_413)]), "JobSubmission", true),
                 "get": op("List jobs, newest first (query: state, limit)", "operator", "200", &[("400", "bad query")]),
             },
             "/api/v1/jobs/{id}": {"get": with_id(op("Show a job (id or number) with its tasks and their steps", "operator, agent", "200", &[("404", "no such job")]))},
@@ -125,8 +125,87 @@ pub fn spec() -> Value {
                     "deploy_key": {"type": "string", "description": "an SSH private key `checkout` clones with"},
                     "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
                     "pipeline_parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "workflow": {"type": "string", "description": "the workflow the job runs in: its entry's contexts and instance parameters apply"},
                 }},
             },
         },
-    })
+    });
+    secrets_paths(&mut spec);
+    spec
+}
+
+/// The secrets routes: values go in, names and hints come out.
+fn secrets_paths(spec: &mut Value) {
+    let params = |names: &[&str]| -> Value {
+        names.iter().map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}})).collect()
+    };
+    let with = |mut v: Value, names: &[&str]| {
+        v["parameters"] = params(names);
+        v
+    };
+    let s = "secrets";
+    let bad = ("400", "a bad project, name or value, named");
+    let paths = [
+        (
+            "/api/v1/projects/{project}/env",
+            json!({
+                "get": with(op("A project's environment variables: names and hints (xxxx and the last 4 characters of values of 8 or more), never values", s, "200", &[bad]), &["project"]),
+            }),
+        ),
+        (
+            "/api/v1/projects/{project}/env/{name}",
+            json!({
+                "put": with(with_body(op("Set a project's variable {value}; sealed at rest", s, "200", &[bad, ("409", "the project holds 1,000 variables"), ("413", BODY_413)]), "SetValue", true), &["project", "name"]),
+                "delete": with(op("Remove a project's variable", s, "200", &[bad, ("404", "no such variable")]), &["project", "name"]),
+            }),
+        ),
+        (
+            "/api/v1/projects/{project}/ssh-keys",
+            json!({
+                "get": with(op("A project's SSH keys: fingerprints and hosts", s, "200", &[bad]), &["project"]),
+                "post": with(with_body(op("Add an SSH private key {private_key, host} for add_ssh_keys", s, "201", &[("400", "not an unencrypted private key, or a bad host"), ("413", BODY_413)]), "AddSshKey", true), &["project"]),
+            }),
+        ),
+        (
+            "/api/v1/projects/{project}/ssh-keys/{fingerprint}",
+            json!({
+                "delete": with(op("Remove an SSH key (SHA256 or MD5 fingerprint)", s, "200", &[bad, ("404", "no such key")]), &["project", "fingerprint"]),
+            }),
+        ),
+        (
+            "/api/v1/contexts",
+            json!({
+                "get": op("Contexts", s, "200", &[]),
+                "post": with_body(op("Create a context {name, projects}; usable by the projects listed, or every project", s, "201", &[bad, ("409", "a context of that name exists"), ("413", BODY_413)]), "NewContext", true),
+            }),
+        ),
+        (
+            "/api/v1/contexts/{name}",
+            json!({
+                "get": with(op("A context and its variables (names and hints)", s, "200", &[("404", "no such context")]), &["name"]),
+                "delete": with(op("Delete a context and its variables", s, "204", &[("404", "no such context")]), &["name"]),
+            }),
+        ),
+        (
+            "/api/v1/contexts/{name}/env/{var}",
+            json!({
+                "put": with(with_body(op("Set a context's variable {value}; sealed at rest", s, "200", &[bad, ("404", "no such context"), ("409", "the context holds 1,000 variables"), ("413", BODY_413)]), "SetValue", true), &["name", "var"]),
+                "delete": with(op("Remove a context's variable", s, "200", &[bad, ("404", "no such context or variable")]), &["name", "var"]),
+            }),
+        ),
+        (
+            "/api/v1/secrets/rotate-key",
+            json!({
+                "post": with_body(op("Re-seal every value under a new key in one transaction {new_key}; without new_key the server generates one into its key file", s, "200", &[("400", "a bad new key, or none for a key from the environment"), ("409", "a value changed during the rotation; nothing was changed"), ("413", BODY_413)]), "RotateKey", false),
+            }),
+        ),
+    ];
+    for (path, item) in paths {
+        spec["paths"][path] = item;
+    }
+    let schemas = &mut spec["components"]["schemas"];
+    schemas["SetValue"] = json!({"type": "object", "required": ["value"], "additionalProperties": false, "properties": {"value": {"type": "string", "minLength": 1, "maxLength": crate::secrets::MAX_VALUE}}});
+    schemas["AddSshKey"] = json!({"type": "object", "required": ["private_key"], "additionalProperties": false, "properties": {"private_key": {"type": "string"}, "host": {"type": "string"}}});
+    schemas["NewContext"] = json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}, "projects": {"type": "array", "items": {"type": "string", "pattern": PROJECT}}}});
+    schemas["RotateKey"] = json!({"type": "object", "additionalProperties": false, "properties": {"new_key": {"type": "string", "description": "base64 of 32 bytes"}}});
 }

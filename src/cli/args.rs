@@ -81,11 +81,100 @@ pub enum Cmd {
     /// Jobs: list, show, logs, cancel, ssh; check a CircleCI config.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Projects' secrets for jobs: environment variables and SSH keys.
+    #[command(subcommand)]
+    Projects(ProjectsCmd),
+    /// Contexts: variables shared by the jobs whose workflow entry names them.
+    #[command(subcommand)]
+    Contexts(ContextsCmd),
+    /// The key that seals secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Runs one local VM's agent (started by the local provider).
     #[command(hide = true)]
     LocalVmAgent {
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectsCmd {
+    /// A project's environment variables.
+    #[command(subcommand)]
+    Env(VarsCmd),
+    /// A project's SSH keys, for `add_ssh_keys`.
+    #[command(subcommand, name = "ssh-keys")]
+    SshKeys(SshKeysCmd),
+}
+
+/// Variables of a project (`vmfleet projects env`) or a context (`vmfleet contexts env`).
+#[derive(Subcommand)]
+pub enum VarsCmd {
+    /// Set a variable; the value is read from standard input (a trailing newline is dropped).
+    Set { owner: String, name: String },
+    /// Variables: names and hints (the last 4 characters of values of 8 or more), never values.
+    List {
+        owner: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a variable.
+    Unset { owner: String, name: String },
+}
+
+#[derive(Subcommand)]
+pub enum SshKeysCmd {
+    /// Add an SSH private key read from standard input; prints its fingerprints.
+    Add {
+        project: String,
+        /// The host it is for (`Host` in ~/.ssh/config); every host when not given.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Keys: fingerprints and hosts.
+    List {
+        project: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a key (either fingerprint).
+    Remove { project: String, fingerprint: String },
+}
+
+#[derive(Subcommand)]
+pub enum ContextsCmd {
+    /// Create a context, usable by the projects given (every project when none is).
+    Create {
+        name: String,
+        /// A project that may use it (repeatable).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+    },
+    /// Contexts.
+    List(JsonFlag),
+    /// One context and its variables (names and hints).
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Delete a context and its variables.
+    Delete { name: String },
+    /// A context's variables.
+    #[command(subcommand)]
+    Env(VarsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCmd {
+    /// Re-seal every value under a new key, in one transaction. With a key file, the server
+    /// writes the new key to it; with VMFLEET__SECRETS__KEY, give the new key on standard
+    /// input (--new-key-stdin) and then set it on every replica.
+    RotateKey {
+        /// Read the new key (base64 of 32 bytes) from standard input.
+        #[arg(long)]
+        new_key_stdin: bool,
     },
 }
 
@@ -281,7 +370,7 @@ pub enum TokensCmd {
     Create {
         #[arg(long)]
         name: String,
-        /// admin, operator, agent or image-publisher (repeatable).
+        /// admin, operator, agent, image-publisher or secrets (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },

@@ -6,6 +6,7 @@ mod images;
 mod jobs;
 mod output;
 mod run_job;
+mod secrets;
 pub mod simulate;
 
 pub use args::Cli;
@@ -403,7 +404,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config(cli.config.as_deref())?;
             for s in scopes {
                 if crate::auth::Scope::parse(s).is_none() {
-                    bail!("unknown scope {s:?}; use admin, operator, agent or image-publisher");
+                    bail!("unknown scope {s:?}; use admin, operator, agent, image-publisher or secrets");
                 }
             }
             std::fs::create_dir_all(&config.data_dir)?;
@@ -437,6 +438,18 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Jobs(c) => {
             let config = load_config(cli.config.as_deref())?;
             return jobs(&client(&cli, &config)?, c).await;
+        }
+        Cmd::Projects(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            secrets::projects(&client(&cli, &config)?, c).await?;
+        }
+        Cmd::Contexts(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            secrets::contexts(&client(&cli, &config)?, c).await?;
+        }
+        Cmd::Secrets(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            secrets::secrets(&client(&cli, &config)?, c).await?;
         }
         Cmd::LocalVmAgent { .. } | Cmd::Simulate(_) => unreachable!("handled before the runtime starts"),
     }

@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// A pipeline parameter, `NAME=VALUE` (repeatable).
     #[arg(long = "pipeline-param", value_parser = key_value)]
     pub pipeline_params: Vec<(String, String)>,
+    /// The workflow the job runs in (its entry's contexts and parameters apply); needed only
+    /// when the job's workflows disagree.
+    #[arg(long)]
+    pub workflow: Option<String>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -103,6 +107,7 @@ pub fn submission(a: &RunArgs) -> anyhow::Result<JobSubmission> {
         deploy_key,
         parameters: a.params.iter().cloned().collect::<BTreeMap<_, _>>(),
         pipeline_parameters: a.pipeline_params.iter().cloned().collect::<BTreeMap<_, _>>(),
+        workflow: a.workflow.clone(),
     })
 }
 

@@ -252,7 +252,7 @@ impl Config {
                     return Err(err(
                         &format!("auth.tokens[{}].scopes", t.name),
                         s,
-                        format!("unknown scope {s:?}; use admin, operator, agent or image-publisher"),
+                        format!("unknown scope {s:?}; use admin, operator, agent, image-publisher or secrets"),
                     ));
                 }
             }
@@ -349,6 +349,11 @@ impl Config {
     /// Where the generated admin token is written.
     pub fn admin_token_path(&self) -> PathBuf {
         self.data_dir.join("admin.token")
+    }
+
+    /// The secrets key file.
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.secrets.key_file.clone().unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
 }
 

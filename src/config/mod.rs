@@ -64,6 +64,19 @@ pub struct Config {
     pub metrics_out: MetricsOut,
     /// The job pipeline: claims, leases and how much this process runs at once.
     pub jobs: JobsConfig,
+    /// The key that seals jobs' secrets at rest.
+    pub secrets: SecretsConfig,
+}
+
+/// Where the secrets key comes from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The key file (base64 of 32 bytes, mode 0600); default `<data_dir>/secrets.key`, generated
+    /// on the installation's first start.
+    pub key_file: Option<PathBuf>,
+    /// The key itself, instead of a file: set it as VMFLEET__SECRETS__KEY, not in a file.
+    pub key: Option<Secret>,
 }
 
 /// Job pipeline settings.
@@ -613,6 +626,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             metrics_out: MetricsOut::default(),
             jobs: JobsConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use vmfleet_images::Executor as FleetExecutor;
 
 use crate::fleet::{pool_key, tokio_util_shutdown::Shutdown, Fleet, FleetError};
+use crate::secrets::{JobSecrets, Secrets, SecretsError};
 use crate::store::{now_ms, short_id, JobRow, JobTaskRow, OutputChunk, StoreError};
 use circleci::{ConfigFile, Executor, JobSpec, Pipeline, Step};
 use runner::{Output, Run};
@@ -60,6 +61,10 @@ pub struct JobSubmission {
     /// Pipeline parameter values.
     #[serde(default)]
     pub pipeline_parameters: BTreeMap<String, String>,
+    /// The workflow the job runs in: its entry for the job gives the contexts and instance
+    /// parameters (needed only when the job's workflows disagree on them).
+    #[serde(default)]
+    pub workflow: Option<String>,
 }
 
 impl std::fmt::Debug for JobSubmission {
@@ -123,6 +128,8 @@ impl Outcome {
 pub struct Jobs {
     /// The fleet.
     pub fleet: Arc<Fleet>,
+    /// The secrets key and the jobs' secrets.
+    pub secrets: Arc<Secrets>,
     /// This process's claim name.
     pub owner: String,
     wake: Notify,
@@ -140,13 +147,27 @@ fn bad(e: impl std::fmt::Display) -> FleetError {
     FleetError::BadRequest(e.to_string())
 }
 
+fn plan_file(sub: &JobSubmission) -> &str {
+    sub.config_file.as_deref().unwrap_or("config.yml")
+}
+
+/// A secrets error as the fleet's: what the caller got wrong is a bad request, prefixed `at`.
+pub(crate) fn secrets_error(e: SecretsError, at: &str) -> FleetError {
+    match e {
+        SecretsError::Invalid(m) => FleetError::BadRequest(format!("{at}: {m}")),
+        SecretsError::Store(e) => e.into(),
+        e => FleetError::Conflict(e.to_string()),
+    }
+}
+
 impl Jobs {
     /// The job service over `fleet`.
-    pub fn new(fleet: Arc<Fleet>) -> Arc<Self> {
+    pub fn new(fleet: Arc<Fleet>, secrets: Arc<Secrets>) -> Arc<Self> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let owner = format!("{}-{}-{}", host.trim(), std::process::id(), &short_id()[..6]);
         Arc::new(Self {
             fleet,
+            secrets,
             owner,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -168,6 +189,7 @@ impl Jobs {
             branch: sub.branch.clone(),
             git_url: sub.repo.clone(),
             parameters: sub.pipeline_parameters.clone(),
+            workflow: sub.workflow.clone(),
             ..Default::default()
         };
         let spec = cfg.job(&sub.job, &sub.parameters, &pipeline).map_err(bad)?;
@@ -265,6 +287,10 @@ impl Jobs {
     /// As [`Jobs::plan`]; nothing is recorded when it fails.
     pub async fn submit(&self, sub: &JobSubmission, actor: &str) -> Result<JobRow, FleetError> {
         let plan = self.plan(sub)?;
+        // Refused before anything is recorded or any VM asked for.
+        if let Err(e) = self.secrets.check_contexts(&sub.project, &plan.spec.contexts).await {
+            return Err(secrets_error(e, &format!("{}:{}: job {}", plan_file(sub), plan.spec.line, plan.spec.name)));
+        }
         let now = now_ms();
         let id = format!("job-{}", short_id());
         let spec = serde_json::to_string(&plan).map_err(FleetError::other("encoding the job"))?;
@@ -279,7 +305,11 @@ impl Jobs {
             repo: sub.repo.clone(),
             revision: sub.revision.clone(),
             branch: sub.branch.clone(),
-            deploy_key: sub.deploy_key.clone().filter(|k| !k.trim().is_empty()),
+            deploy_key: sub
+                .deploy_key
+                .as_deref()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| self.secrets.seal_deploy_key(&id, k)),
             parallelism: i64::from(plan.spec.parallelism),
             state: "queued".into(),
             cancel_requested: false,
@@ -395,6 +425,39 @@ impl Jobs {
         Ok(())
     }
 
+    /// The variables and keys a job gets, with its deploy key among the masked values; the
+    /// error says why it may not have them (a context deleted or restricted since submission).
+    async fn job_secrets(&self, job: &JobRow, plan: &Plan) -> Result<JobSecrets, Outcome> {
+        // An unreachable store is retried while the claim is renewed, as the task's end is.
+        use backon::{ExponentialBuilder, Retryable};
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(60)
+            .with_jitter();
+        let mut s = (|| self.secrets.for_job(&job.project, &plan.spec.contexts))
+            .retry(policy)
+            .when(|e| matches!(e, SecretsError::Store(StoreError::Db(_))))
+            .notify(|e, wait| warn!(job = %job.id, error = %e, ?wait, "could not read the job's secrets; retrying"))
+            .await
+            .map_err(|e| {
+                let why = format!("job {}: {e}", plan.spec.name);
+                match e {
+                    SecretsError::Invalid(_) => Outcome { state: "failed", exit_code: None, reason: Some(why) },
+                    _ => Outcome::infra(why),
+                }
+            })?;
+        if let Some(stored) = &job.deploy_key {
+            let key = self
+                .secrets
+                .open_deploy_key(&job.id, stored)
+                .map_err(|e| Outcome::infra(format!("deploy key: {e}")))?;
+            s.deploy_key = Some(key);
+            s.remask();
+        }
+        Ok(s)
+    }
+
     /// Ends a job whose tasks have all ended, and audits it.
     async fn finish_job(&self, job_id: &str) {
         match self.fleet.store.finish_job_if_done(job_id, now_ms()).await {
@@ -416,14 +479,32 @@ impl Jobs {
                 return;
             }
         };
-        let out = Output::start(self.fleet.clone(), &t);
-        let outcome = match serde_json::from_str::<Plan>(&job.spec) {
-            Ok(plan) => {
+        let plan = serde_json::from_str::<Plan>(&job.spec);
+        // The secrets come before any output, so the first line is already masked.
+        let secrets = match &plan {
+            Ok(plan) => self.job_secrets(&job, plan).await,
+            Err(_) => Ok(JobSecrets::default()),
+        };
+        let out = Output::start(self.fleet.clone(), &t, secrets.as_ref().map(|s| s.masker.clone()).unwrap_or_default());
+        let outcome = match (plan, secrets) {
+            (Ok(_), Err(outcome)) => {
+                out.sys(0, outcome.reason.as_deref().unwrap_or_default());
+                outcome
+            }
+            (Ok(plan), Ok(secrets)) => {
                 if store.start_job(&job.id, now_ms()).await.unwrap_or(false) {
                     self.fleet.audit("workflow.job.start", &self.owner, &job.id, &plan.spec.name).await;
                 }
-                let mut run =
-                    Run { jobs: self.clone(), job: &job, plan: &plan, task: &t, out: &out, abort, held: Vec::new() };
+                let mut run = Run {
+                    jobs: self.clone(),
+                    job: &job,
+                    plan: &plan,
+                    task: &t,
+                    out: &out,
+                    abort,
+                    held: Vec::new(),
+                    secrets: &secrets,
+                };
                 let outcome = run.execute().await;
                 for fleet_task in &run.held {
                     if let Err(e) = self.fleet.release_task(fleet_task).await {
@@ -432,7 +513,7 @@ impl Jobs {
                 }
                 outcome
             }
-            Err(e) => Outcome::infra(format!("stored job is unreadable: {e}")),
+            (Err(e), _) => Outcome::infra(format!("stored job is unreadable: {e}")),
         };
         let status = match (&outcome.reason, outcome.exit_code) {
             (Some(r), _) => format!("{} ({r})", outcome.state),

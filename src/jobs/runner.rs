@@ -12,7 +12,8 @@ use vmfleet_provisioner::ssh::{self, ExecEnd, Session, Stream};
 use super::circleci::{self, Step, When};
 use super::{script, Abort, Jobs, Outcome, Plan, VmAsk};
 use crate::fleet::{Fleet, TaskRequest};
-use crate::store::{now_ms, short_id, JobRow, JobTaskRow, OutputChunk};
+use crate::secrets::{JobSecrets, Masker};
+use crate::store::{now_ms, short_id, JobRow, JobTaskRow, OutputChunk, StoreError};
 /// One attempt of one job task on its VM.
 pub(super) struct Run<'a> {
     pub(super) jobs: Arc<Jobs>,
@@ -23,6 +24,8 @@ pub(super) struct Run<'a> {
     pub(super) abort: watch::Receiver<Option<Abort>>,
     /// Fleet tasks to release at the end.
     pub(super) held: Vec<String>,
+    /// The job's variables and keys.
+    pub(super) secrets: &'a JobSecrets,
 }
 
 impl Run<'_> {
@@ -61,11 +64,28 @@ impl Run<'_> {
             if let Some(a) = self.aborted() {
                 return Err(Self::abort_outcome(a));
             }
-            let t = fleet.store.task(&ft.id).await.map_err(|e| Outcome::infra(e.to_string()))?;
+            // An unreachable store delays the wait (the claim is renewed meanwhile), not fails it.
+            let t = match fleet.store.task(&ft.id).await {
+                Ok(t) => t,
+                Err(StoreError::Db(e)) => {
+                    warn!(task = %ft.id, error = %e, "could not read the VM task; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(Outcome::infra(e.to_string())),
+            };
             match t.state.as_str() {
                 "assigned" => {
                     let vm_id = t.vm_id.unwrap_or_default();
-                    let vm = fleet.store.vm(&vm_id).await.map_err(|e| Outcome::infra(e.to_string()))?;
+                    let vm = match fleet.store.vm(&vm_id).await {
+                        Ok(vm) => vm,
+                        Err(StoreError::Db(e)) => {
+                            warn!(vm = %vm_id, error = %e, "could not read the VM; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                        Err(e) => return Err(Outcome::infra(e.to_string())),
+                    };
                     let waited =
                         (t.assigned_at.unwrap_or_else(now_ms) - self.task.started_at.unwrap_or(t.created_at)).max(0);
                     if !remote {
@@ -111,7 +131,7 @@ impl Run<'_> {
             Some((a, b)) => (a.rsplit('/').next().unwrap_or(a).to_string(), b.to_string()),
             None => (String::new(), self.job.project.clone()),
         };
-        let mut env: Vec<(String, String)> = vec![
+        let builtin: Vec<(String, String)> = vec![
             ("CI".into(), "true".into()),
             ("CIRCLECI".into(), "true".into()),
             ("CIRCLE_JOB".into(), spec.name.clone()),
@@ -125,12 +145,19 @@ impl Run<'_> {
             ("VMFLEET_JOB_TASK".into(), self.task.id.clone()),
             ("VMFLEET_ATTEMPT".into(), self.task.attempt.to_string()),
         ];
+        // As CircleCI: project variables, then contexts', then the built-ins, then the config's.
+        let mut env = self.secrets.env.clone();
+        for (k, v) in builtin {
+            env.retain(|(e, _)| *e != k);
+            env.push((k, v));
+        }
         for (k, v) in [
             ("CIRCLE_SHA1", &self.job.revision),
             ("CIRCLE_BRANCH", &self.job.branch),
             ("CIRCLE_REPOSITORY_URL", &self.job.repo),
         ] {
             if let Some(v) = v {
+                env.retain(|(e, _)| e != k);
                 env.push((k.into(), v.clone()));
             }
         }
@@ -180,6 +207,7 @@ impl Run<'_> {
                     Ok(StepResult::Skipped)
                 }
                 Step::SetupRemoteDocker { .. } => self.remote_docker(session, idx, &mut env).await,
+                Step::AddSshKeys { fingerprints } => self.add_ssh_keys(session, idx, fingerprints, deadline).await,
                 Step::Checkout { path } => self.checkout(session, idx, path.as_deref(), &env, deadline).await,
                 Step::Run(r) if r.background => {
                     let (cmd, input) = self.command(r, &env, idx);
@@ -190,6 +218,7 @@ impl Run<'_> {
                         };
                         let sink = |s: Stream, d: &[u8]| out.data(idx, s, d);
                         let _ = session.exec_until(&cmd, input.as_deref(), None, stopped, sink).await;
+                        out.end_step(idx);
                     }));
                     Ok(StepResult::Background)
                 }
@@ -224,6 +253,9 @@ impl Run<'_> {
                     return o;
                 }
             };
+            if state != "background" {
+                self.out.end_step(idx);
+            }
             let _ = store.finish_step(&self.task.id, self.task.attempt, idx, state, code, now_ms()).await;
         }
         // Background steps end with the job.
@@ -315,7 +347,7 @@ impl Run<'_> {
             let cmd = script::linux_write_file(path, "600");
             async move { self.exec(session, idx, &cmd, Some(&bytes), None, deadline).await }
         };
-        if let Some(key) = &self.job.deploy_key {
+        if let Some(key) = &self.secrets.deploy_key {
             let mut key = key.clone();
             if !key.ends_with('\n') {
                 key.push('\n');
@@ -345,7 +377,7 @@ impl Run<'_> {
             url,
             self.job.revision.as_deref(),
             self.job.branch.as_deref(),
-            self.job.deploy_key.is_some(),
+            self.secrets.deploy_key.is_some(),
         );
         let dir = script::step_dir(&self.plan.spec.working_directory, path);
         let name = format!("{}-{}-{idx}", self.task.id, self.task.attempt);
@@ -407,6 +439,74 @@ impl Run<'_> {
     }
 }
 
+impl Run<'_> {
+    /// `add_ssh_keys`: the project's keys (those named, by either fingerprint, or all) go to
+    /// `~/.ssh/id_rsa_<fingerprint>` (0600), each with a `Host` entry in `~/.ssh/config`: its
+    /// host, or every host for a key added without one.
+    async fn add_ssh_keys(
+        &self,
+        session: &Session,
+        idx: i64,
+        fingerprints: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Result<StepResult, Outcome> {
+        if self.plan.spec.windows {
+            self.out.sys(idx, "add_ssh_keys on Windows VMs is not supported yet");
+            return Ok(StepResult::Exited(1));
+        }
+        let keys = &self.secrets.ssh_keys;
+        let mut chosen = Vec::new();
+        if fingerprints.is_empty() {
+            chosen.extend(keys.iter());
+        }
+        for f in fingerprints {
+            let md5 = f.trim().trim_start_matches("MD5:").to_ascii_lowercase();
+            match keys.iter().find(|k| k.sha256 == f.trim() || k.md5 == md5) {
+                Some(k) => chosen.push(k),
+                None => {
+                    self.out.sys(
+                        idx,
+                        &format!(
+                            "add_ssh_keys: project {} has no SSH key {f} (vmfleet projects ssh-keys add)",
+                            self.job.project
+                        ),
+                    );
+                    return Ok(StepResult::Exited(1));
+                }
+            }
+        }
+        if chosen.is_empty() {
+            self.out.sys(idx, &format!("add_ssh_keys: project {} has no SSH keys", self.job.project));
+            return Ok(StepResult::Exited(0));
+        }
+        let mut config = String::from("\n# added by add_ssh_keys\n");
+        let mut any_host = Vec::new();
+        for k in &chosen {
+            let file = format!("id_rsa_{}", k.md5.replace(':', ""));
+            let cmd = script::linux_write_file(&format!("~/.ssh/{file}"), "600");
+            if !matches!(
+                self.exec(session, idx, &cmd, Some(k.private_key.as_bytes()), None, deadline).await?,
+                StepResult::Exited(0)
+            ) {
+                return Ok(StepResult::Exited(1));
+            }
+            match &k.host {
+                Some(h) => config.push_str(&format!("Host {h}\n  IdentityFile ~/.ssh/{file}\n")),
+                None => any_host.push(file),
+            }
+            self.out.sys(idx, &format!("added SSH key {} ({})", k.sha256, k.host.as_deref().unwrap_or("every host")));
+        }
+        if !any_host.is_empty() {
+            config.push_str("Host *\n");
+            for f in any_host {
+                config.push_str(&format!("  IdentityFile ~/.ssh/{f}\n"));
+            }
+        }
+        let cmd = "set -e; umask 077; mkdir -p ~/.ssh; cat >> ~/.ssh/config; chmod 600 ~/.ssh/config";
+        self.exec(session, idx, cmd, Some(config.as_bytes()), None, deadline).await
+    }
+}
+
 enum StepResult {
     Exited(i64),
     Skipped,
@@ -423,6 +523,7 @@ fn step_label(step: &Step) -> String {
             Some(v) => format!("setup_remote_docker (version {v})"),
             None => "setup_remote_docker".into(),
         },
+        Step::AddSshKeys { .. } => "add_ssh_keys".into(),
         Step::Unsupported { name, .. } => name.clone(),
     }
 }
@@ -453,6 +554,9 @@ fn tempdir_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("vmfleet-checkout-{}", short_id()))
 }
 
+/// The marker [`Output::end_step`] sends in place of a stream name.
+const END_STEP: &str = "end";
+
 /// A task's output on its way to the store: chunks are batched (every 200 ms) and decoded as
 /// UTF-8 without splitting a character across chunks.
 #[derive(Clone)]
@@ -462,11 +566,15 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub(super) fn start(fleet: Arc<Fleet>, t: &JobTaskRow) -> Self {
+    /// Starts the flusher; every stream passes through `masker` on its way to the store.
+    pub(super) fn start(fleet: Arc<Fleet>, t: &JobTaskRow, masker: Masker) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<(i64, &'static str, Vec<u8>)>();
         let (task, attempt, job) = (t.id.clone(), t.attempt, t.job_id.clone());
         let flusher = tokio::spawn(async move {
             let mut seq = 0i64;
+            // Per (step, stream): bytes the masker holds back, then bytes of an unfinished
+            // UTF-8 character.
+            let mut held: HashMap<(i64, &'static str), Vec<u8>> = HashMap::new();
             let mut carry: HashMap<(i64, &'static str), Vec<u8>> = HashMap::new();
             let mut open = true;
             while open {
@@ -483,11 +591,39 @@ impl Output {
                         Err(_) => break,
                     }
                 }
-                let mut chunks = Vec::new();
+                let mut ready: Vec<((i64, &'static str), Vec<u8>, bool)> = Vec::new();
                 for (step, stream, bytes) in batch {
-                    let buf = carry.entry((step, stream)).or_default();
+                    if stream == END_STEP {
+                        let mut keys: Vec<_> = held.keys().filter(|k| k.0 == step).copied().collect();
+                        keys.sort();
+                        for k in keys {
+                            let mut buf = held.remove(&k).unwrap_or_default();
+                            ready.push((k, masker.take(&mut buf, true), true));
+                        }
+                    } else {
+                        let buf = held.entry((step, stream)).or_default();
+                        buf.extend_from_slice(&bytes);
+                        let last = stream == "sys";
+                        ready.push(((step, stream), masker.take(buf, last), false));
+                    }
+                }
+                if !open {
+                    let mut keys: Vec<_> = held.keys().chain(carry.keys()).copied().collect();
+                    keys.sort();
+                    keys.dedup();
+                    for k in keys {
+                        let mut buf = held.remove(&k).unwrap_or_default();
+                        ready.push((k, masker.take(&mut buf, true), true));
+                    }
+                }
+                let mut chunks = Vec::new();
+                for (key, bytes, last) in ready {
+                    let buf = carry.entry(key).or_default();
                     buf.extend_from_slice(&bytes);
-                    let text = take_utf8(buf, !open);
+                    let text = take_utf8(buf, last);
+                    if last {
+                        carry.remove(&key);
+                    }
                     if text.is_empty() {
                         continue;
                     }
@@ -497,8 +633,8 @@ impl Output {
                         attempt,
                         seq,
                         job_id: job.clone(),
-                        step,
-                        stream: stream.to_string(),
+                        step: key.0,
+                        stream: key.1.to_string(),
                         data: text,
                         at: now_ms(),
                     });
@@ -509,6 +645,11 @@ impl Output {
             }
         });
         Self { tx, flusher: Arc::new(Mutex::new(Some(flusher))) }
+    }
+
+    /// Says that step `step` will print no more: what the masker held back for it goes out.
+    pub(super) fn end_step(&self, step: i64) {
+        let _ = self.tx.send((step, END_STEP, Vec::new()));
     }
 
     fn data(&self, step: i64, stream: Stream, bytes: &[u8]) {

@@ -539,6 +539,7 @@ pub fn redact_url(url: &str) -> String {
 
 mod admin;
 mod jobs;
+mod secrets;
 mod tasks;
 mod vms;
 mod volumes;

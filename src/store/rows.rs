@@ -325,7 +325,53 @@ pub struct AliasRow {
     pub actor: String,
 }
 
-/// A job row. `deploy_key` is secret: never log a `JobRow`.
+/// What a secret row holds: a project's variable.
+pub const PROJECT_ENV: &str = "project_env";
+/// A context's variable.
+pub const CONTEXT_ENV: &str = "context_env";
+/// A project's SSH private key (named by its SHA-256 fingerprint).
+pub const SSH_KEY: &str = "ssh_key";
+/// A job's checkout deploy key (owner: the job id).
+pub const DEPLOY_KEY: &str = "deploy_key";
+
+/// A sealed secret: a project's or context's variable, or a project's SSH key (`name` its
+/// SHA-256 fingerprint, `alias` its MD5 one, `host` the host it is for).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SecretRow {
+    pub kind: String,
+    pub owner: String,
+    pub name: String,
+    pub host: Option<String>,
+    pub alias: Option<String>,
+    pub sealed: String,
+    pub key_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A context: a named set of variables, usable by every project or only by those listed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContextRow {
+    pub name: String,
+    /// JSON list of projects; empty for all.
+    pub projects: String,
+    pub created_at: i64,
+}
+
+impl ContextRow {
+    /// The projects it is restricted to (none: every project).
+    pub fn project_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.projects).unwrap_or_default()
+    }
+
+    /// Whether `project` may use it.
+    pub fn allows(&self, project: &str) -> bool {
+        let list = self.project_list();
+        list.is_empty() || list.iter().any(|p| p == project)
+    }
+}
+
+/// A job row. `deploy_key` is sealed, but never log a `JobRow`.
 #[derive(Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: String,

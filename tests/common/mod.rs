@@ -11,6 +11,7 @@ use vmfleet::store::{now_ms, short_id, NewVm, Store, TaskRow, VmRow};
 
 pub mod emulator;
 pub mod harness;
+pub mod serve;
 
 /// The PostgreSQL server for tests. The test command starts one and sets the variable; without
 /// it, PostgreSQL tests fail unless `VMFLEET_TEST_SKIP_PG=1` says to skip them.

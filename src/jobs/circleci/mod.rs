@@ -109,6 +109,11 @@ pub enum Step {
         /// The project's layer cache on the engine.
         docker_layer_caching: bool,
     },
+    /// Install the project's SSH keys (those of `fingerprints`, or all when empty).
+    AddSshKeys {
+        /// `SHA256:…` or MD5 `aa:bb:…` fingerprints, as written.
+        fingerprints: Vec<String>,
+    },
     /// A CircleCI built-in this service does not carry out (caches, workspaces, artifacts):
     /// reported in the output and skipped.
     Unsupported {
@@ -144,6 +149,9 @@ pub struct JobSpec {
     pub windows: bool,
     /// The line of the job definition.
     pub line: usize,
+    /// The contexts its workflow entry names (`context:`).
+    #[serde(default)]
+    pub contexts: Vec<String>,
 }
 
 impl JobSpec {
@@ -221,6 +229,8 @@ pub struct WorkflowJob {
     pub params: Vec<(String, Node)>,
     /// Where.
     pub line: usize,
+    /// The contexts it names.
+    pub contexts: Vec<String>,
 }
 
 /// Values a pipeline supplies to `<< pipeline.* >>`.
@@ -238,6 +248,9 @@ pub struct Pipeline {
     pub git_url: Option<String>,
     /// Pipeline parameter values given at submission (override the defaults).
     pub parameters: BTreeMap<String, String>,
+    /// The workflow the job runs in, when one is named: its entry gives the job's instance
+    /// parameters and contexts.
+    pub workflow: Option<String>,
 }
 
 /// A parsed config file.
@@ -305,7 +318,6 @@ const UNSUPPORTED: &[&str] = &[
     "store_test_results",
     "persist_to_workspace",
     "attach_workspace",
-    "add_ssh_keys",
 ];
 const MAX_DEPTH: usize = 32;
 
@@ -476,11 +488,13 @@ impl ConfigFile {
                 let mut params: Vec<(String, Node)> = Vec::new();
                 let mut name_tpl: Option<Node> = None;
                 let mut matrix: Option<&Node> = None;
+                let mut contexts = Vec::new();
                 for (k, v) in args.and_then(|a| a.map()).unwrap_or_default() {
                     match k.str().unwrap_or_default() {
                         "name" => name_tpl = Some(v.clone()),
                         "matrix" => matrix = Some(v),
-                        "requires" | "filters" | "context" | "type" | "serial-group" | "pre-steps" | "post-steps"
+                        "context" => contexts = self.contexts(v)?,
+                        "requires" | "filters" | "type" | "serial-group" | "pre-steps" | "post-steps"
                         | "override-with" => {}
                         p => params.push((p.to_string(), v.clone())),
                     }
@@ -508,11 +522,33 @@ impl ConfigFile {
                             format!("{job}-{}", vals.join("-"))
                         }
                     };
-                    out.push(WorkflowJob { workflow: wname.to_string(), name, job: job.clone(), params: p, line });
+                    out.push(WorkflowJob {
+                        workflow: wname.to_string(),
+                        name,
+                        job: job.clone(),
+                        params: p,
+                        line,
+                        contexts: contexts.clone(),
+                    });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// A workflow entry's `context:`: a name or a list of names.
+    fn contexts(&self, v: &Node) -> Result<Vec<String>, CircleError> {
+        let names: Vec<&Node> = match v.seq() {
+            Some(items) => items.iter().collect(),
+            None => vec![v],
+        };
+        names
+            .into_iter()
+            .map(|n| match n.str() {
+                Some(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                _ => Err(self.err(n.line, "context: a context name or a list of names")),
+            })
+            .collect()
     }
 
     pub(super) fn matrix(&self, m: &Node) -> Result<Vec<Vec<(String, Node)>>, CircleError> {
@@ -643,7 +679,39 @@ impl ConfigFile {
         params: &BTreeMap<String, String>,
         pipeline: &Pipeline,
     ) -> Result<JobSpec, CircleError> {
-        let instance = self.workflow_jobs()?.into_iter().find(|w| w.name == name && w.job != name);
+        let mut entries = self.workflow_jobs()?;
+        if let Some(wf) = &pipeline.workflow {
+            if !self.section("workflows").iter().any(|(k, _)| k.str() == Some(wf.as_str())) {
+                let line = self.root.get("workflows").map_or(1, |n| n.line);
+                return Err(self.err(line, format!("no workflow {wf:?} in this file")));
+            }
+            entries.retain(|w| w.workflow == *wf);
+            if !entries.iter().any(|w| w.name == name) {
+                return Err(self.err(1, format!("workflow {wf} does not run a job named {name:?}")));
+            }
+        }
+        entries.retain(|w| w.name == name);
+        let contexts = match entries.split_first() {
+            None => Vec::new(),
+            Some((first, rest)) => {
+                if let Some(other) = rest.iter().find(|w| w.contexts != first.contexts) {
+                    return Err(self.err(
+                        other.line,
+                        format!(
+                            "job {name} runs with contexts [{}] in workflow {} (line {}) and [{}] in workflow {}: name \
+                             the workflow to run it in",
+                            first.contexts.join(", "),
+                            first.workflow,
+                            first.line,
+                            other.contexts.join(", "),
+                            other.workflow
+                        ),
+                    ));
+                }
+                first.contexts.clone()
+            }
+        };
+        let instance = entries.into_iter().find(|w| w.job != name);
         let (def_name, mut args) = match &instance {
             Some(w) => (w.job.clone(), w.params.clone()),
             None => (name.to_string(), Vec::new()),
@@ -665,6 +733,7 @@ impl ConfigFile {
         let scope = self.scope(def, &args, Some(pipeline))?;
         let mut spec = self.resolve(name, &def_name, def, &scope)?;
         spec.line = key.line;
+        spec.contexts = contexts;
         Ok(spec)
     }
 

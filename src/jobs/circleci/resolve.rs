@@ -286,6 +286,7 @@ impl ConfigFile {
             steps,
             windows,
             line: def.line,
+            contexts: Vec::new(),
         })
     }
 
@@ -389,6 +390,29 @@ impl ConfigFile {
                         let s = b.get("steps").ok_or_else(|| self.err(line, format!("{name} needs steps")))?;
                         self.steps(s, scope, out, depth + 1)?;
                     }
+                }
+                "add_ssh_keys" => {
+                    let mut fingerprints = Vec::new();
+                    if let Some(b) = body.filter(|b| !b.is_null()) {
+                        let m =
+                            b.map().ok_or_else(|| self.err(line, "add_ssh_keys takes a map (fingerprints, name)"))?;
+                        for (k, v) in m {
+                            match k.str().unwrap_or_default() {
+                                "name" => {}
+                                "fingerprints" => match v.seq() {
+                                    Some(items) => fingerprints.extend(items.iter().map(scalar_text)),
+                                    None => fingerprints.push(scalar_text(v)),
+                                },
+                                key => {
+                                    return Err(self.err(
+                                        k.line,
+                                        format!("add_ssh_keys: unknown key {key:?} (expected fingerprints, name)"),
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    out.push(Step::AddSshKeys { fingerprints });
                 }
                 n if UNSUPPORTED.contains(&n) => out.push(Step::Unsupported { name: n.to_string(), line }),
                 n if n.contains('/') => {

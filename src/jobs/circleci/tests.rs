@@ -158,3 +158,56 @@ jobs:
         j.steps.iter().filter_map(|s| if let Step::Run(r) = s { Some(r.command.as_str()) } else { None }).collect();
     assert_eq!(cmds, ["echo extra", "echo off"]);
 }
+
+#[test]
+fn contexts_come_from_the_workflow_entry_and_must_agree_unless_a_workflow_is_named() {
+    let text = r#"
+version: 2.1
+jobs:
+  deploy:
+    machine: true
+    steps:
+      - add_ssh_keys:
+          fingerprints: ["aa:bb", "SHA256:xyz"]
+      - add_ssh_keys
+  build:
+    machine: true
+    steps: [checkout]
+workflows:
+  main:
+    jobs:
+      - build
+      - deploy:
+          context: [org, deploy]
+  nightly:
+    jobs:
+      - deploy:
+          context: org
+"#;
+    let cfg = ConfigFile::parse(text, "c.yml").expect("parses");
+    let in_wf = |wf: Option<&str>| {
+        let p = Pipeline { workflow: wf.map(str::to_string), ..Default::default() };
+        cfg.job("deploy", &BTreeMap::new(), &p)
+    };
+    let err = in_wf(None).expect_err("the workflows disagree").to_string();
+    assert!(
+        err.contains("job deploy runs with contexts [org, deploy] in workflow main") && err.contains("nightly"),
+        "{err}"
+    );
+    let main = in_wf(Some("main")).expect("main");
+    assert_eq!(main.contexts, ["org", "deploy"]);
+    assert_eq!(
+        main.steps,
+        [
+            Step::AddSshKeys { fingerprints: vec!["aa:bb".into(), "SHA256:xyz".into()] },
+            Step::AddSshKeys { fingerprints: vec![] }
+        ]
+    );
+    assert_eq!(in_wf(Some("nightly")).expect("nightly").contexts, ["org"]);
+    assert!(job(text, "build").expect("build").contexts.is_empty());
+    let err = in_wf(Some("weekly")).expect_err("no such workflow").to_string();
+    assert!(err.contains("no workflow \"weekly\""), "{err}");
+    let bad = text.replace("context: org", "context: {a: 1}");
+    let err = job(&bad, "build").expect_err("a map is not a context").to_string();
+    assert!(err.contains("context: a context name or a list of names"), "{err}");
+}
