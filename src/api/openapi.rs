@@ -204,8 +204,8 @@ fn secrets_paths(spec: &mut Value) {
         spec["paths"][path] = item;
     }
     let schemas = &mut spec["components"]["schemas"];
-    schemas["SetValue"] = json!({"type": "object", "required": ["value"], "additionalProperties": false, "properties": {"value": {"type": "string", "minLength": 1, "maxLength": crate::secrets::MAX_VALUE}}});
+    schemas["SetValue"] = json!({"type": "object", "required": ["value"], "additionalProperties": false, "properties": {"value": {"type": "string", "minLength": 1, "description": "at most 64 KiB (400 past it; 413 for a body past 256 KiB)"}}});
     schemas["AddSshKey"] = json!({"type": "object", "required": ["private_key"], "additionalProperties": false, "properties": {"private_key": {"type": "string"}, "host": {"type": "string"}}});
     schemas["NewContext"] = json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,100}$"}, "projects": {"type": "array", "items": {"type": "string", "pattern": PROJECT}}}});
-    schemas["RotateKey"] = json!({"type": "object", "additionalProperties": false, "properties": {"new_key": {"type": "string", "description": "base64 of 32 bytes"}}});
+    schemas["RotateKey"] = json!({"type": "object", "additionalProperties": false, "properties": {"new_key": {"type": "string", "nullable": true, "description": "base64 of 32 bytes; null or absent: the server generates one"}}});
 }
