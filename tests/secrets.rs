@@ -280,3 +280,24 @@ async fn only_secrets_and_admin_tokens_touch_secrets_and_bad_input_is_named() {
     let text = format!("{events:?}");
     assert!(text.contains("project.env.set") && !text.contains("value-of-the-api-key"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_starting_together_on_one_data_directory_share_one_key_and_a_stranger_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = common::sqlite_store(dir.path()).await;
+    let file = dir.path().join("secrets.key");
+    let loads = (0..4).map(|_| vmfleet::secrets::Secrets::load(store.clone(), "install", None, &file));
+    let loaded = futures_util::future::join_all(loads).await;
+    let ids: std::collections::BTreeSet<String> =
+        loaded.into_iter().map(|r| r.expect("every replica starts").cipher().id().to_string()).collect();
+    assert_eq!(ids.len(), 1, "one key: {ids:?}");
+    // Another key, or a missing key file once values may exist, is refused with both named.
+    let stranger = Cipher::generate().to_text();
+    let err =
+        vmfleet::secrets::Secrets::load(store.clone(), "install", Some(&stranger), &file).await.expect_err("refused");
+    assert!(err.to_string().contains("give every replica the same key"), "{err}");
+    std::fs::remove_file(&file).expect("rm");
+    let err = vmfleet::secrets::Secrets::load(store.clone(), "install", None, &file).await.expect_err("refused");
+    assert!(err.to_string().contains("is missing"), "{err}");
+    assert!(!file.exists(), "no new key is made for an installation that has one");
+}

@@ -146,6 +146,16 @@ fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Creates `path` holding `text` (mode 0600), complete or not at all; `AlreadyExists` when
+/// another process created it first.
+fn create_key_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("new-{}-{}", std::process::id(), crate::store::short_id()));
+    write_key_file(&tmp, text)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked
+}
+
 fn read_key_file(path: &Path) -> Result<Cipher, SecretsError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| SecretsError::Key(format!("reading {}: {}", path.display(), e.kind())))?;
@@ -201,10 +211,17 @@ impl Secrets {
                         key_file.display()
                     )));
                 }
+                // Replicas sharing a data directory may start together: the first key file
+                // linked into place wins, and the others read it.
                 let c = Cipher::generate();
-                write_key_file(key_file, &c.to_text())
-                    .map_err(|e| SecretsError::Key(format!("writing {}: {}", key_file.display(), e.kind())))?;
-                tracing::info!(path = %key_file.display(), key_id = c.id(), "generated the secrets key");
+                let c = match create_key_file(key_file, &c.to_text()) {
+                    Ok(()) => {
+                        tracing::info!(path = %key_file.display(), key_id = c.id(), "generated the secrets key");
+                        c
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(key_file)?,
+                    Err(e) => return Err(SecretsError::Key(format!("writing {}: {}", key_file.display(), e.kind()))),
+                };
                 (c, Source::File(key_file.to_path_buf()))
             }
         };
