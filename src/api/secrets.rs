@@ -73,7 +73,12 @@ pub struct ContextView {
 
 impl ContextView {
     fn new(c: &ContextRow, variables: Vec<VarView>) -> Self {
-        Self { name: c.name.clone(), projects: c.project_list(), created_at: super::views::ts(c.created_at), variables }
+        Self {
+            name: c.name.clone(),
+            projects: c.project_list(),
+            created_at: crate::store::rfc3339(c.created_at),
+            variables,
+        }
     }
 }
 

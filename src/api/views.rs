@@ -7,11 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{Counts, TaskRow, VmRow, VolumeRow};
 
-/// A time in milliseconds as RFC 3339.
-pub fn ts(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+fn ts(ms: i64) -> String {
+    crate::store::rfc3339(ms)
 }
 
 fn ts_opt(ms: Option<i64>) -> Option<String> {

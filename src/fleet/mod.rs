@@ -449,18 +449,7 @@ impl Fleet {
     }
 
     pub(crate) fn event(&self, action: &str, actor: &str, target: &str, payload: &str) -> AuditEvent {
-        AuditEvent {
-            id: short_id(),
-            version: 1,
-            action: action.into(),
-            actor: actor.into(),
-            target: target.into(),
-            payload: payload.into(),
-            occurred_at: self.now(),
-            scope: self.install_id.clone(),
-            success: true,
-            request: None,
-        }
+        AuditEvent::new(action, actor, target, payload, &self.install_id, self.now())
     }
 
     pub(crate) async fn audit(&self, action: &str, actor: &str, target: &str, payload: &str) {

@@ -310,18 +310,8 @@ impl Secrets {
     }
 
     fn event(&self, action: &str, actor: &str, target: &str, payload: serde_json::Value) -> crate::store::AuditEvent {
-        crate::store::AuditEvent {
-            id: crate::store::short_id(),
-            version: 1,
-            action: action.into(),
-            actor: actor.into(),
-            target: target.into(),
-            payload: payload.to_string(),
-            occurred_at: crate::store::now_ms(),
-            scope: self.install_id.clone(),
-            success: true,
-            request: None,
-        }
+        let payload = payload.to_string();
+        crate::store::AuditEvent::new(action, actor, target, &payload, &self.install_id, crate::store::now_ms())
     }
 
     /// Seals and stores a value, re-sealing once under the installation's key when another
@@ -409,7 +399,12 @@ impl Secrets {
         key.push('\n');
         self.put((SSH_KEY, project, &sha), host, Some(&md5), key.as_bytes(), actor).await?;
         let now = crate::store::now_ms();
-        Ok(SshKeyView { fingerprint: sha, md5, host: host.unwrap_or_default().into(), created_at: ts(now) })
+        Ok(SshKeyView {
+            fingerprint: sha,
+            md5,
+            host: host.unwrap_or_default().into(),
+            created_at: crate::store::rfc3339(now),
+        })
     }
 
     /// Removes a value: a project's or context's variable, or a project's SSH key (by either
@@ -452,7 +447,11 @@ impl Secrets {
         let mut out = Vec::new();
         for r in self.store.secrets_of(kind, owner).await? {
             let value = self.open_text(&r)?;
-            out.push(VarView { name: r.name.clone(), value: hint(&value), updated_at: ts(r.updated_at) });
+            out.push(VarView {
+                name: r.name.clone(),
+                value: hint(&value),
+                updated_at: crate::store::rfc3339(r.updated_at),
+            });
         }
         Ok(out)
     }
@@ -471,7 +470,7 @@ impl Secrets {
                 fingerprint: r.name,
                 md5: r.alias.unwrap_or_default(),
                 host: r.host.unwrap_or_default(),
-                created_at: ts(r.created_at),
+                created_at: crate::store::rfc3339(r.created_at),
             })
             .collect())
     }
@@ -678,11 +677,4 @@ impl Secrets {
             }
         }
     }
-}
-
-/// A time in milliseconds as RFC 3339, as the API shows times.
-fn ts(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }

@@ -393,6 +393,13 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A time in milliseconds as RFC 3339, as the API shows times.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 const VM_LIVE: &str =
     "('requested','provisioning','booting','ready','assigned','stopping','stopped','starting','releasing','terminating')";
 

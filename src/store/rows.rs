@@ -268,6 +268,24 @@ pub struct AuditEvent {
     pub request: Option<String>,
 }
 
+impl AuditEvent {
+    /// A successful event of `scope` (the installation) at `occurred_at`, with a fresh id.
+    pub fn new(action: &str, actor: &str, target: &str, payload: &str, scope: &str, occurred_at: i64) -> Self {
+        Self {
+            id: super::short_id(),
+            version: 1,
+            action: action.into(),
+            actor: actor.into(),
+            target: target.into(),
+            payload: payload.into(),
+            occurred_at,
+            scope: scope.into(),
+            success: true,
+            request: None,
+        }
+    }
+}
+
 /// What [`super::Store::request_task`] did.
 #[derive(Debug, Clone)]
 pub struct Assignment {
