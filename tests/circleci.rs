@@ -14,13 +14,19 @@ fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/circleci-configs")
 }
 
-fn classify_all() -> Vec<String> {
+/// The shared configs, sorted.
+fn configs() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus())
         .expect("the shared CircleCI configs")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yml"))
         .collect();
     files.sort();
+    files
+}
+
+fn classify_all() -> Vec<String> {
+    let files = configs();
     assert_eq!(files.len(), 24, "the corpus has 24 configs");
     let mut lines = Vec::new();
     for path in files {
@@ -55,17 +61,70 @@ fn classify_all() -> Vec<String> {
 
 #[test]
 fn every_shared_config_parses_and_its_jobs_are_classified_as_expected() {
-    let got = classify_all();
-    let expected_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/circleci-expected.tsv");
+    same_as_reviewed(&classify_all(), "circleci-expected.tsv");
+}
+
+/// `got` line by line against `tests/data/<file>` (rewritten with `VMFLEET_WRITE_EXPECTED=1`,
+/// then reviewed by hand).
+fn same_as_reviewed(got: &[String], file: &str) {
+    let expected_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
     if std::env::var_os("VMFLEET_WRITE_EXPECTED").is_some() {
         std::fs::write(&expected_path, got.join("\n") + "\n").expect("write");
     }
     let expected = std::fs::read_to_string(&expected_path).expect("expected results");
     let expected: Vec<&str> = expected.lines().filter(|l| !l.is_empty()).collect();
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert_eq!(g, e, "line {} of circleci-expected.tsv", i + 1);
+        assert_eq!(g, e, "line {} of {file}", i + 1);
     }
-    assert_eq!(got.len(), expected.len(), "number of jobs");
+    assert_eq!(got.len(), expected.len(), "number of lines of {file}");
+}
+
+/// Every shared config's workflows as a branch pipeline on `main` with default parameters:
+/// one line per workflow (or why it does not run, or the error), then one per job with what it
+/// requires, then one per job filters leave out.
+fn dags_all() -> Vec<String> {
+    let mut lines = Vec::new();
+    for path in configs() {
+        let name = path.file_name().expect("name").to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let cfg = ConfigFile::parse(&text, &name).expect("parses");
+        let pipeline = Pipeline { branch: Some("main".into()), ..Default::default() };
+        let workflows = match cfg.workflows(&pipeline, None) {
+            Ok(w) => w,
+            Err(e) => {
+                lines.push(format!("{name}\terror\t{e}"));
+                continue;
+            }
+        };
+        for w in workflows {
+            let head = format!("{name}\t{}\tline {}", w.name, w.line);
+            match &w.skipped {
+                Some(why) => lines.push(format!("{head}\tskipped: {why}")),
+                None => lines.push(format!("{head}\t{} jobs", w.jobs.len())),
+            }
+            for j in &w.jobs {
+                let kind = if j.approval { "approval" } else { "job" };
+                let def = if j.job == j.name { String::new() } else { format!(" ({})", j.job) };
+                lines.push(format!("{name}\t{}\t  {kind} {}{def} <- [{}]", w.name, j.name, j.requires.join(", ")));
+            }
+            for (j, why) in &w.left_out {
+                lines.push(format!("{name}\t{}\t  left out {j}: {why}", w.name));
+            }
+        }
+        // The same file as a tag pipeline: only jobs with tag filters that let v1.2.3 run.
+        let tagged = Pipeline { tag: Some("v1.2.3".into()), ..Default::default() };
+        for w in cfg.workflows(&tagged, None).unwrap_or_default().iter().filter(|w| w.skipped.is_none()) {
+            let jobs: Vec<String> =
+                w.jobs.iter().map(|j| format!("{} <- [{}]", j.name, j.requires.join(", "))).collect();
+            lines.push(format!("{name}\t{}\ttag v1.2.3 runs: {}", w.name, jobs.join("; ")));
+        }
+    }
+    lines
+}
+
+#[test]
+fn every_shared_configs_workflows_resolve_to_the_reviewed_dags() {
+    same_as_reviewed(&dags_all(), "circleci-workflows.tsv");
 }
 
 fn load(name: &str) -> ConfigFile {

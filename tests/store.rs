@@ -351,6 +351,8 @@ async fn job(s: &Store, project: &str, n: i64, at: i64) -> String {
         queued_at: at,
         started_at: None,
         finished_at: None,
+        workflow_id: None,
+        tag: None,
     };
     let tasks: Vec<JobTaskRow> = (0..n).map(|i| JobTaskRow::queued(&id, i, project, at)).collect();
     let audit = AuditEvent {

@@ -7,6 +7,7 @@
 mod openapi;
 pub mod secrets;
 pub mod views;
+pub mod workflows;
 
 use std::sync::{Arc, RwLock};
 
@@ -183,9 +184,9 @@ impl Caller {
     }
 }
 
-const AGENT: &[Scope] = &[Scope::Operator, Scope::Agent];
+pub(crate) const AGENT: &[Scope] = &[Scope::Operator, Scope::Agent];
 const PUBLISHER: &[Scope] = &[Scope::Operator, Scope::ImagePublisher];
-const OPERATOR: &[Scope] = &[Scope::Operator];
+pub(crate) const OPERATOR: &[Scope] = &[Scope::Operator];
 
 /// The largest request body a route takes, unless it says otherwise: every body but a job's is a
 /// few small fields.
@@ -217,6 +218,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/output", get(job_output))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/pipelines", post(workflows::submit_pipeline).layer(DefaultBodyLimit::max(JOB_BODY_LIMIT)))
+        .route("/api/v1/pipelines/{id}", get(workflows::show_pipeline))
+        .route("/api/v1/workflows", get(workflows::list_workflows))
+        .route("/api/v1/workflows/{id}", get(workflows::show_workflow))
+        .route("/api/v1/workflows/{id}/cancel", post(workflows::cancel_workflow))
+        .route("/api/v1/workflows/{id}/rerun", post(workflows::rerun_workflow))
+        .route("/api/v1/workflows/{id}/approve/{job}", post(workflows::approve))
         .route("/api/v1/projects/{project}/env", get(secrets::list_project_env))
         .route(
             "/api/v1/projects/{project}/env/{name}",
@@ -300,9 +308,9 @@ async fn request_task(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct ListQuery {
+    pub(crate) state: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 async fn list_tasks(

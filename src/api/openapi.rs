@@ -131,6 +131,7 @@ pub fn spec() -> Value {
         },
     });
     secrets_paths(&mut spec);
+    super::workflows::openapi(&mut spec, op, BODY_413);
     spec
 }
 

@@ -413,8 +413,12 @@ pub struct JobView {
     pub project: String,
     /// The config file it came from.
     pub config_file: String,
-    /// `queued`, `running`, `success`, `failed`, `canceled`, `infrastructure_fail`.
+    /// `blocked` (a workflow's job waiting for the jobs it requires), `queued`, `running`,
+    /// `success`, `failed`, `canceled`, `infrastructure_fail`, `not_run`.
     pub state: String,
+    /// The workflow it belongs to.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
     /// Pool of its VMs.
     pub pool: String,
     /// Parallel tasks.
@@ -449,6 +453,7 @@ impl JobView {
             project: j.project.clone(),
             config_file: j.config_file.clone(),
             state: j.state.clone(),
+            workflow_id: j.workflow_id.clone(),
             pool: j.pool.clone(),
             parallelism: j.parallelism,
             repo: j.repo.clone(),

@@ -75,9 +75,13 @@ pub enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Run a CircleCI job and stream its output; exits with the job's status. Without --server
-    /// and with no server running, a fleet on the embedded default runs it in this process.
+    /// Run a CircleCI config's workflows (or, with --job, one job) and stream the output; exits
+    /// with their status. Without --server and with no server running, a fleet on the embedded
+    /// default runs them in this process.
     Run(crate::cli::run_job::RunArgs),
+    /// Workflows: list, show, cancel, rerun, approve.
+    #[command(subcommand)]
+    Workflows(WorkflowsCmd),
     /// Jobs: list, show, logs, cancel, ssh; check a CircleCI config.
     #[command(subcommand)]
     Jobs(JobsCmd),
@@ -226,6 +230,35 @@ pub enum JobsCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowsCmd {
+    /// Workflows, newest first.
+    List {
+        /// Only workflows in this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// One workflow: its jobs, their states and requirements.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Cancel a workflow: its running jobs stop, the rest end canceled.
+    Cancel { id: String },
+    /// Run an ended workflow again, as a new workflow of its pipeline.
+    Rerun {
+        id: String,
+        /// Only the jobs that did not succeed, and what requires them.
+        #[arg(long)]
+        from_failed: bool,
+    },
+    /// Approve an approval job that is on hold.
+    Approve { id: String, job: String },
 }
 
 #[derive(Subcommand)]

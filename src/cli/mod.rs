@@ -8,6 +8,7 @@ mod output;
 mod run_job;
 mod secrets;
 pub mod simulate;
+mod workflows;
 
 pub use args::Cli;
 use args::*;
@@ -425,12 +426,22 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Run(args) => {
             let config = load_config(cli.config.as_deref())?;
-            let sub = crate::cli::run_job::submission(args)?;
             let api = client(&cli, &config)?;
-            let code = if cli.server.is_some() || api.reachable().await {
-                crate::cli::run_job::run_remote(&api, &sub).await?
+            let remote = cli.server.is_some() || api.reachable().await;
+            let code = if args.job.is_some() {
+                let sub = crate::cli::run_job::submission(args)?;
+                if remote {
+                    crate::cli::run_job::run_remote(&api, &sub).await?
+                } else {
+                    crate::cli::run_job::run_local(config, &sub).await?
+                }
             } else {
-                crate::cli::run_job::run_local(config, &sub).await?
+                let sub = workflows::pipeline_submission(args)?;
+                if remote {
+                    workflows::run_remote(&api, &sub).await?
+                } else {
+                    workflows::run_local(config, &sub).await?
+                }
             };
             return Ok(std::process::ExitCode::from(code));
         }
@@ -438,6 +449,10 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Jobs(c) => {
             let config = load_config(cli.config.as_deref())?;
             return jobs(&client(&cli, &config)?, c).await;
+        }
+        Cmd::Workflows(c) => {
+            let config = load_config(cli.config.as_deref())?;
+            workflows::workflows(&client(&cli, &config)?, c).await?;
         }
         Cmd::Projects(c) => {
             let config = load_config(cli.config.as_deref())?;

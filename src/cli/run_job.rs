@@ -18,9 +18,10 @@ use crate::jobs::{poll_output, JobSubmission};
 pub struct RunArgs {
     /// The CircleCI config file.
     pub config_file: PathBuf,
-    /// The job: its name, or a workflow instance's name (matrix instances included).
+    /// Run one job: its name, or a workflow instance's name (matrix instances included).
+    /// Without it the file's workflows run (all, or the one --workflow names).
     #[arg(long)]
-    pub job: String,
+    pub job: Option<String>,
     /// Project (DLC volumes belong to it); default `local/<repository or config directory>`.
     #[arg(long)]
     pub project: Option<String>,
@@ -37,16 +38,19 @@ pub struct RunArgs {
     /// SSH private key file `checkout` clones with.
     #[arg(long)]
     pub deploy_key: Option<PathBuf>,
-    /// A job parameter, `NAME=VALUE` (repeatable).
+    /// With --job, a job parameter; without, a pipeline parameter: `NAME=VALUE` (repeatable).
     #[arg(long = "param", value_parser = key_value)]
     pub params: Vec<(String, String)>,
     /// A pipeline parameter, `NAME=VALUE` (repeatable).
     #[arg(long = "pipeline-param", value_parser = key_value)]
     pub pipeline_params: Vec<(String, String)>,
-    /// The workflow the job runs in (its entry's contexts and parameters apply); needed only
-    /// when the job's workflows disagree.
+    /// Without --job: run only this workflow. With --job: the workflow the job runs in (its
+    /// entry's contexts and parameters apply), needed only when the job's workflows disagree.
     #[arg(long)]
     pub workflow: Option<String>,
+    /// A tag pipeline for this tag (`filters.tags`, `CIRCLE_TAG`); not with --branch.
+    #[arg(long, conflicts_with = "branch")]
+    pub tag: Option<String>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -72,6 +76,28 @@ pub fn exit_code(v: &JobView) -> u8 {
 /// # Errors
 /// Unreadable files.
 pub fn submission(a: &RunArgs) -> anyhow::Result<JobSubmission> {
+    let job = a.job.clone().ok_or_else(|| anyhow!("--job names the job to run"))?;
+    if a.tag.is_some() {
+        bail!("--tag makes a tag pipeline: leave out --job to run the workflows");
+    }
+    let (config, project, repo, deploy_key) = sources(a)?;
+    Ok(JobSubmission {
+        config,
+        config_file: Some(a.config_file.display().to_string()),
+        job,
+        project,
+        repo,
+        revision: a.revision.clone(),
+        branch: a.branch.clone(),
+        deploy_key,
+        parameters: a.params.iter().cloned().collect::<BTreeMap<_, _>>(),
+        pipeline_parameters: a.pipeline_params.iter().cloned().collect::<BTreeMap<_, _>>(),
+        workflow: a.workflow.clone(),
+    })
+}
+
+/// The config's text, the project, the repository and the deploy key of a run.
+pub(crate) fn sources(a: &RunArgs) -> anyhow::Result<(String, String, Option<String>, Option<String>)> {
     let config =
         std::fs::read_to_string(&a.config_file).with_context(|| format!("reading {}", a.config_file.display()))?;
     let repo = match &a.repo {
@@ -96,22 +122,10 @@ pub fn submission(a: &RunArgs) -> anyhow::Result<JobSubmission> {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading the deploy key {}", p.display()))?),
         None => None,
     };
-    Ok(JobSubmission {
-        config,
-        config_file: Some(a.config_file.display().to_string()),
-        job: a.job.clone(),
-        project,
-        repo,
-        revision: a.revision.clone(),
-        branch: a.branch.clone(),
-        deploy_key,
-        parameters: a.params.iter().cloned().collect::<BTreeMap<_, _>>(),
-        pipeline_parameters: a.pipeline_params.iter().cloned().collect::<BTreeMap<_, _>>(),
-        workflow: a.workflow.clone(),
-    })
+    Ok((config, project, repo, deploy_key))
 }
 
-fn git_toplevel(file: &Path) -> Option<String> {
+pub(crate) fn git_toplevel(file: &Path) -> Option<String> {
     let dir = std::fs::canonicalize(file).ok()?.parent()?.to_path_buf();
     let out =
         std::process::Command::new("git").arg("-C").arg(&dir).args(["rev-parse", "--show-toplevel"]).output().ok()?;
@@ -122,22 +136,34 @@ fn git_toplevel(file: &Path) -> Option<String> {
 /// prefixed with its node when the job runs on several.
 pub struct Printer {
     parallel: bool,
+    label: Option<String>,
     at_line_start: HashMap<(i64, String), bool>,
 }
 
 impl Printer {
     /// A printer for a job of `parallelism` tasks.
     pub fn new(parallelism: i64) -> Self {
-        Self { parallel: parallelism > 1, at_line_start: HashMap::new() }
+        Self { parallel: parallelism > 1, label: None, at_line_start: HashMap::new() }
+    }
+
+    /// A printer for one job of a workflow: every line starts with its name.
+    pub fn labeled(label: &str, parallelism: i64) -> Self {
+        Self { label: Some(label.to_string()), ..Self::new(parallelism) }
     }
 
     /// Prints one chunk.
     pub fn print(&mut self, o: &OutputView) {
-        let prefix = match (self.parallel, o.stream.as_str()) {
-            (true, "sys") => format!("[{}] ==> ", o.node),
-            (true, _) => format!("[{}] ", o.node),
-            (false, "sys") => "==> ".into(),
-            (false, _) => String::new(),
+        let tag = match (&self.label, self.parallel) {
+            (Some(l), true) => Some(format!("{l}/{}", o.node)),
+            (Some(l), false) => Some(l.clone()),
+            (None, true) => Some(o.node.to_string()),
+            (None, false) => None,
+        };
+        let prefix = match (tag, o.stream.as_str()) {
+            (Some(t), "sys") => format!("[{t}] ==> "),
+            (Some(t), _) => format!("[{t}] "),
+            (None, "sys") => "==> ".into(),
+            (None, _) => String::new(),
         };
         let start = self.at_line_start.entry((o.node, o.stream.clone())).or_insert(true);
         let mut text = String::new();
@@ -320,7 +346,7 @@ pub async fn run_local(config: Config, sub: &JobSubmission) -> anyhow::Result<u8
 
 /// Waits (up to a minute) until the VMs the job's tasks held are terminated, so the process
 /// leaves nothing running behind.
-async fn wait_vms_gone(running: &crate::server::Running, v: &JobView) {
+pub(crate) async fn wait_vms_gone(running: &crate::server::Running, v: &JobView) {
     let store = &running.fleet.store;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let fleet_tasks: Vec<String> =

@@ -13,7 +13,10 @@
 pub mod circleci;
 mod runner;
 pub mod script;
+mod workflows;
+
 pub use crate::yaml;
+pub use workflows::PipelineSubmission;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -135,7 +138,11 @@ pub struct Jobs {
     wake: Notify,
     running: Mutex<HashMap<String, watch::Sender<Option<Abort>>>>,
     last_renew: Mutex<i64>,
+    last_sweep: Mutex<i64>,
 }
+
+/// How often each process advances every running workflow, whatever it was told.
+const WORKFLOW_SWEEP_MS: i64 = 2_000;
 
 impl std::fmt::Debug for Jobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,6 +179,7 @@ impl Jobs {
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             last_renew: Mutex::new(0),
+            last_sweep: Mutex::new(0),
         })
     }
 
@@ -193,6 +201,12 @@ impl Jobs {
             ..Default::default()
         };
         let spec = cfg.job(&sub.job, &sub.parameters, &pipeline).map_err(bad)?;
+        crate::fleet::validate_project(&sub.project)?;
+        self.plan_spec(spec, &file)
+    }
+
+    /// The VMs a resolved job needs, checked against what this installation offers.
+    fn plan_spec(&self, spec: JobSpec, file: &str) -> Result<Plan, FleetError> {
         let at = format!("{file}:{}", spec.line);
         let mut notes = Vec::new();
         let offered = |class: &str| -> Result<(), FleetError> {
@@ -242,7 +256,6 @@ impl Jobs {
                 (vm, None)
             }
         };
-        crate::fleet::validate_project(&sub.project)?;
         Ok(Plan { spec, vm, remote, notes })
     }
 
@@ -317,6 +330,8 @@ impl Jobs {
             queued_at: now,
             started_at: None,
             finished_at: None,
+            workflow_id: None,
+            tag: None,
         };
         let tasks: Vec<JobTaskRow> =
             (0..plan.spec.parallelism).map(|i| JobTaskRow::queued(&id, i64::from(i), &sub.project, now)).collect();
@@ -340,6 +355,8 @@ impl Jobs {
         let job = self.fleet.store.cancel_job(id, now_ms()).await?;
         self.fleet.audit("workflow.job.cancel", actor, &job.id, "").await;
         self.finish_job(&job.id).await;
+        // A blocked job ended without tasks: what requires it will not run.
+        self.advance_job_workflow(&job.id).await;
         self.wake.notify_one();
         Ok(self.fleet.store.job(&job.id).await?)
     }
@@ -400,6 +417,17 @@ impl Jobs {
                 self.fleet.wake();
                 self.finish_job(&t.job_id).await;
             }
+        }
+        let sweep_due = {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now - *last >= WORKFLOW_SWEEP_MS;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if sweep_due {
+            self.sweep_workflows().await;
         }
         if !mine.is_empty() {
             let canceled = store.canceled_job_tasks(&self.owner).await?;
@@ -464,9 +492,19 @@ impl Jobs {
             Ok(Some(state)) => {
                 info!(job = %job_id, %state, "job finished");
                 self.fleet.audit("workflow.job.finish", "dispatcher", job_id, &state).await;
+                self.advance_job_workflow(job_id).await;
             }
             Ok(None) => {}
             Err(e) => warn!(job = %job_id, error = %e, "could not end the job"),
+        }
+    }
+
+    /// Moves the workflow of a job that changed forward (a job on its own has none).
+    async fn advance_job_workflow(&self, job_id: &str) {
+        match self.fleet.store.job(job_id).await {
+            Ok(JobRow { workflow_id: Some(w), .. }) => self.advance(&w).await,
+            Ok(_) => {}
+            Err(e) => warn!(job = %job_id, error = %e, "could not read the job; the workflow sweep will advance it"),
         }
     }
 

@@ -155,6 +155,8 @@ impl Run<'_> {
             ("CIRCLE_SHA1", &self.job.revision),
             ("CIRCLE_BRANCH", &self.job.branch),
             ("CIRCLE_REPOSITORY_URL", &self.job.repo),
+            ("CIRCLE_TAG", &self.job.tag),
+            ("CIRCLE_WORKFLOW_ID", &self.job.workflow_id),
         ] {
             if let Some(v) = v {
                 env.retain(|(e, _)| e != k);

@@ -27,8 +27,8 @@ impl Store {
             execute_in!(
                 tx,
                 "INSERT INTO jobs (id, number, name, project, config_file, spec, pool, repo, revision, branch, \
-                 deploy_key, parallelism, state, cancel_requested, queued_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', FALSE, $13)",
+                 deploy_key, parallelism, state, cancel_requested, queued_at, workflow_id, tag) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', FALSE, $13, $14, $15)",
                 &job.id,
                 number,
                 &job.name,
@@ -41,7 +41,9 @@ impl Store {
                 &job.branch,
                 &job.deploy_key,
                 job.parallelism,
-                job.queued_at
+                job.queued_at,
+                &job.workflow_id,
+                &job.tag
             );
             for t in tasks {
                 execute_in!(
@@ -286,6 +288,14 @@ impl Store {
         }
         in_tx!(&self.db, |tx| {
             execute_in!(tx, "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1", &job.id);
+            // A workflow's job still waiting for the jobs it requires never started.
+            execute_in!(
+                tx,
+                "UPDATE jobs SET state = 'canceled', finished_at = $2, failure_reason = 'the job was canceled' \
+                 WHERE id = $1 AND state = 'blocked'",
+                &job.id,
+                now
+            );
             execute_in!(
                 tx,
                 "UPDATE job_tasks SET state = 'canceled', finished_at = $2, failure_reason = 'the job was canceled' \

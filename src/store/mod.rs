@@ -550,3 +550,6 @@ mod secrets;
 mod tasks;
 mod vms;
 mod volumes;
+mod workflows;
+
+pub use workflows::{derive_workflow_state, workflow_ended, Advanced, PipelineRow, WorkflowJobRow, WorkflowRow};

@@ -411,18 +411,38 @@ pub struct JobRow {
     pub queued_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The workflow it belongs to (none for a job submitted alone).
+    pub workflow_id: Option<String>,
+    /// The pipeline's tag (`CIRCLE_TAG`).
+    pub tag: Option<String>,
 }
 
 impl JobRow {
-    /// Whether the job has ended (`success`, `failed`, `canceled`, `infrastructure_fail`).
+    /// The job as recorded for a workflow before it may run: blocked, never queued or started.
+    pub fn into_blocked(self, workflow_id: &str, now: i64) -> Self {
+        Self {
+            state: "blocked".into(),
+            cancel_requested: false,
+            failure_reason: None,
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+            workflow_id: Some(workflow_id.to_string()),
+            ..self
+        }
+    }
+
+    /// Whether the job has ended (`success`, `failed`, `canceled`, `infrastructure_fail`,
+    /// `not_run`).
     pub fn ended(&self) -> bool {
         job_ended(&self.state)
     }
 }
 
-/// Whether a job in `state` has ended.
+/// Whether a job in `state` has ended (`blocked`: a workflow's job waiting for the jobs it
+/// requires, has not).
 pub fn job_ended(state: &str) -> bool {
-    !matches!(state, "queued" | "running")
+    !matches!(state, "queued" | "running" | "blocked")
 }
 
 impl std::fmt::Debug for JobRow {

@@ -13,6 +13,9 @@
 //! refused with the orb's name.
 
 mod resolve;
+mod workflows;
+
+pub use workflows::{GitFilter, Workflow, WorkflowNode};
 
 use resolve::*;
 use std::collections::{BTreeMap, HashMap};
@@ -231,6 +234,14 @@ pub struct WorkflowJob {
     pub line: usize,
     /// The contexts it names.
     pub contexts: Vec<String>,
+    /// The jobs it requires, as written (matrix values substituted).
+    pub requires: Vec<(String, usize)>,
+    /// `type: approval`.
+    pub approval: bool,
+    /// Its `filters:`.
+    pub filters: Option<Node>,
+    /// The name that stands for every instance of a matrix (`alias:`, else the job's name).
+    pub alias: Option<String>,
 }
 
 /// Values a pipeline supplies to `<< pipeline.* >>`.
@@ -244,6 +255,8 @@ pub struct Pipeline {
     pub revision: Option<String>,
     /// `pipeline.git.branch`.
     pub branch: Option<String>,
+    /// `pipeline.git.tag`.
+    pub tag: Option<String>,
     /// `pipeline.project.git_url`.
     pub git_url: Option<String>,
     /// Pipeline parameter values given at submission (override the defaults).
@@ -462,95 +475,6 @@ impl ConfigFile {
         self.section("jobs").iter().filter_map(|(k, _)| k.str().map(str::to_string)).collect()
     }
 
-    /// Every job a workflow runs, matrix instances expanded.
-    ///
-    /// # Errors
-    /// A malformed workflow entry or matrix.
-    pub fn workflow_jobs(&self) -> Result<Vec<WorkflowJob>, CircleError> {
-        let mut out = Vec::new();
-        for (wk, wf) in self.section("workflows") {
-            let Some(wname) = wk.str() else { continue };
-            if wname == "version" {
-                continue;
-            }
-            let Some(entries) = wf.get("jobs").and_then(Node::seq) else { continue };
-            for entry in entries {
-                let (job, args, line) = match &entry.value {
-                    Value::Scalar { text, .. } => (text.clone(), None, entry.line),
-                    // The first key names the job; a mis-indented entry carries its options as
-                    // sibling keys, which are ignored with it.
-                    Value::Map(m) => match m.first() {
-                        Some((k, v)) => (k.str().unwrap_or_default().to_string(), Some(v), k.line),
-                        None => continue,
-                    },
-                    _ => return Err(self.err(entry.line, "a workflow job is a name or a map")),
-                };
-                let mut params: Vec<(String, Node)> = Vec::new();
-                let mut name_tpl: Option<Node> = None;
-                let mut matrix: Option<&Node> = None;
-                let mut contexts = Vec::new();
-                for (k, v) in args.and_then(|a| a.map()).unwrap_or_default() {
-                    match k.str().unwrap_or_default() {
-                        "name" => name_tpl = Some(v.clone()),
-                        "matrix" => matrix = Some(v),
-                        "context" => contexts = self.contexts(v)?,
-                        "requires" | "filters" | "type" | "serial-group" | "pre-steps" | "post-steps"
-                        | "override-with" => {}
-                        p => params.push((p.to_string(), v.clone())),
-                    }
-                }
-                let combos = match matrix {
-                    Some(m) => self.matrix(m)?,
-                    None => vec![Vec::new()],
-                };
-                for combo in combos {
-                    let mut p = params.clone();
-                    p.extend(combo.iter().cloned());
-                    let name = match &name_tpl {
-                        Some(n) => {
-                            let scope = Scope {
-                                params: combo.iter().map(|(k, v)| (format!("matrix.{k}"), v.clone())).collect(),
-                                lenient: true,
-                                ..Default::default()
-                            };
-                            self.subst_text(n.str().unwrap_or_default(), n.line, &scope)?
-                        }
-                        None if combo.is_empty() => job.clone(),
-                        // CircleCI's default instance name: the job and its matrix values.
-                        None => {
-                            let vals: Vec<String> = combo.iter().map(|(_, v)| scalar_text(v)).collect();
-                            format!("{job}-{}", vals.join("-"))
-                        }
-                    };
-                    out.push(WorkflowJob {
-                        workflow: wname.to_string(),
-                        name,
-                        job: job.clone(),
-                        params: p,
-                        line,
-                        contexts: contexts.clone(),
-                    });
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// A workflow entry's `context:`: a name or a list of names.
-    fn contexts(&self, v: &Node) -> Result<Vec<String>, CircleError> {
-        let names: Vec<&Node> = match v.seq() {
-            Some(items) => items.iter().collect(),
-            None => vec![v],
-        };
-        names
-            .into_iter()
-            .map(|n| match n.str() {
-                Some(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                _ => Err(self.err(n.line, "context: a context name or a list of names")),
-            })
-            .collect()
-    }
-
     pub(super) fn matrix(&self, m: &Node) -> Result<Vec<Vec<(String, Node)>>, CircleError> {
         let params =
             m.get("parameters").and_then(Node::map).ok_or_else(|| self.err(m.line, "matrix needs parameters"))?;
@@ -711,7 +635,8 @@ impl ConfigFile {
                 first.contexts.clone()
             }
         };
-        let instance = entries.into_iter().find(|w| w.job != name);
+        // A renamed instance, or the job's own entry with the parameters the workflow gives it.
+        let instance = entries.into_iter().find(|w| w.job != name || !w.params.is_empty());
         let (def_name, mut args) = match &instance {
             Some(w) => (w.job.clone(), w.params.clone()),
             None => (name.to_string(), Vec::new()),

@@ -117,6 +117,7 @@ impl ConfigFile {
             "pipeline.id" => scalar(pl.id.clone()),
             "pipeline.git.revision" => scalar(pl.revision.clone().unwrap_or_default()),
             "pipeline.git.branch" => scalar(pl.branch.clone().unwrap_or_default()),
+            "pipeline.git.tag" => scalar(pl.tag.clone().unwrap_or_default()),
             "pipeline.project.git_url" => scalar(pl.git_url.clone().unwrap_or_default()),
             "pipeline.trigger_source" => scalar("api".into()),
             _ => None,
@@ -514,7 +515,7 @@ impl ConfigFile {
     }
 
     /// A `when`/`unless` condition: a value (empty, `false` and `0` are false) or `and`, `or`,
-    /// `not`, `equal`.
+    /// `not`, `equal`, `matches`.
     pub(super) fn condition(&self, c: &Node) -> Result<bool, CircleError> {
         if let Some(m) = c.map() {
             let Some((k, v)) = m.first() else { return Ok(false) };
@@ -529,8 +530,23 @@ impl ConfigFile {
                     let l = list();
                     l.windows(2).all(|w| scalar_text(&w[0]) == scalar_text(&w[1]))
                 }
+                "matches" => {
+                    let (Some(pattern), Some(value)) = (v.get("pattern"), v.get("value")) else {
+                        return Err(self.err(k.line, "matches: needs `pattern` and `value`"));
+                    };
+                    let p = scalar_text(pattern);
+                    if p.len() > 1_000 {
+                        return Err(self.err(pattern.line, "matches: the pattern is longer than 1000 characters"));
+                    }
+                    let p = p.strip_prefix('/').and_then(|t| t.strip_suffix('/')).unwrap_or(&p).to_string();
+                    regex_lite::Regex::new(&format!("^(?:{p})$"))
+                        .map_err(|e| self.err(pattern.line, format!("matches: pattern {p}: {e}")))?
+                        .is_match(&scalar_text(value))
+                }
                 other => {
-                    return Err(self.err(k.line, format!("condition {other:?}: use and, or, not, equal or a value")))
+                    return Err(
+                        self.err(k.line, format!("condition {other:?}: use and, or, not, equal, matches or a value"))
+                    )
                 }
             });
         }

@@ -211,3 +211,110 @@ workflows:
     let err = job(&bad, "build").expect_err("a map is not a context").to_string();
     assert!(err.contains("context: a context name or a list of names"), "{err}");
 }
+
+const DAG: &str = r#"
+version: 2.1
+parameters:
+  nightly: {type: boolean, default: false}
+  target: {type: string, default: staging}
+jobs:
+  build: {machine: true, steps: [{run: "true"}]}
+  test:
+    parameters: {v: {type: string}}
+    machine: true
+    steps: [{run: echo << parameters.v >>}]
+  deploy: {machine: true, steps: [{run: "true"}]}
+workflows:
+  main:
+    jobs:
+      - build:
+          filters: {tags: {only: "/^v[0-9.]+$/"}}
+      - test:
+          requires: [build]
+          matrix: {parameters: {v: ["1", "2"]}}
+          filters: {tags: {only: /.*/}}
+      - hold:
+          type: approval
+          requires: [test-1]
+      - deploy:
+          requires: [test, hold]
+          filters: {branches: {only: [main, "/release-.*/"]}}
+  nightly:
+    when: << pipeline.parameters.nightly >>
+    jobs: [build]
+  prod:
+    unless:
+      matches: {pattern: "stag.*", value: << pipeline.parameters.target >>}
+    jobs: [deploy]
+"#;
+
+fn dags(branch: Option<&str>, tag: Option<&str>, params: &[(&str, &str)]) -> Vec<Workflow> {
+    let p = Pipeline {
+        branch: branch.map(str::to_string),
+        tag: tag.map(str::to_string),
+        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    ConfigFile::parse(DAG, "c.yml").expect("parses").workflows(&p, None).expect("workflows")
+}
+
+fn edges(w: &Workflow) -> Vec<String> {
+    w.jobs
+        .iter()
+        .map(|j| format!("{}{}<-{}", j.name, if j.approval { "?" } else { "" }, j.requires.join(",")))
+        .collect()
+}
+
+#[test]
+fn workflows_resolve_requires_matrix_aliases_approvals_and_filters() {
+    let w = dags(Some("main"), None, &[]);
+    assert_eq!(w.len(), 3);
+    assert_eq!(
+        edges(&w[0]),
+        ["build<-", "test-1<-build", "test-2<-build", "hold?<-test-1", "deploy<-test-1,test-2,hold"]
+    );
+    assert!(w[1].skipped.as_deref().is_some_and(|s| s.contains("`when:`")), "{:?}", w[1].skipped);
+    // `target` defaults to staging, which matches, so `unless` holds it back.
+    assert!(w[2].skipped.as_deref().is_some_and(|s| s.contains("`unless:`")), "{:?}", w[2].skipped);
+    let w = dags(Some("release-7"), None, &[("nightly", "true"), ("target", "prod")]);
+    assert_eq!(edges(&w[0]).last().map(String::as_str), Some("deploy<-test-1,test-2,hold"));
+    assert!(w[1].skipped.is_none() && w[2].skipped.is_none());
+    // A branch outside `only` leaves deploy out, and nothing else.
+    let w = dags(Some("feature"), None, &[]);
+    assert_eq!(edges(&w[0]).len(), 4);
+    assert!(w[0].left_out[0].1.contains("not in its `only` filter"), "{:?}", w[0].left_out);
+    // A tag pipeline runs only what tag filters let through; what requires a job left out goes too.
+    let w = dags(None, Some("v1.2"), &[]);
+    assert_eq!(edges(&w[0]), ["build<-", "test-1<-build", "test-2<-build"]);
+    let w = dags(None, Some("nightly-1"), &[]);
+    assert!(w[0].skipped.is_some(), "build's tag filter leaves it out and with it all it feeds");
+    assert!(
+        w[0].left_out.iter().any(|(j, why)| j == "test-1" && why.contains("requires build")),
+        "{:?}",
+        w[0].left_out
+    );
+}
+
+#[test]
+fn workflow_errors_name_the_line() {
+    let cfg = |text: &str| ConfigFile::parse(text, "c.yml").expect("parses");
+    let p = Pipeline::default();
+    let unknown = DAG.replace("requires: [test-1]", "requires: [tset]");
+    let err = cfg(&unknown).workflows(&p, None).expect_err("unknown requirement").to_string();
+    assert!(err.starts_with("c.yml:") && err.contains("hold requires tset, which this workflow does not run"), "{err}");
+    let cycle = DAG.replace("requires: [build]", "requires: [build, deploy]");
+    let err = cfg(&cycle).workflows(&p, None).expect_err("a cycle").to_string();
+    assert!(err.contains("require each other") && err.contains("deploy"), "{err}");
+    let err = cfg(DAG).workflows(&p, Some("weekly")).expect_err("no such workflow").to_string();
+    assert!(err.contains("no workflow \"weekly\"") && err.contains("main, nightly, prod"), "{err}");
+    let bad = DAG.replace("/^v[0-9.]+$/", "/([/");
+    let err = cfg(&bad).workflows(&Pipeline { tag: Some("v1".into()), ..p.clone() }, None).expect_err("bad regex");
+    assert!(err.to_string().contains("filter pattern"), "{err}");
+    let status = DAG.replace("requires: [test-1]", "requires: [{test-1: failed}]");
+    let err = cfg(&status).workflows(&p, None).expect_err("statuses").to_string();
+    assert!(err.contains("only success is supported"), "{err}");
+    // A file without workflows runs its build job.
+    let plain = "version: 2\njobs:\n  build: {machine: true, steps: [checkout]}\n";
+    let w = cfg(plain).workflows(&p, None).expect("implicit workflow");
+    assert_eq!(edges(&w[0]), ["build<-"]);
+}
