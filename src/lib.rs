@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod metrics;
 pub mod metrics_out;
+pub mod objects;
 pub mod policy;
 pub mod secrets;
 pub mod server;

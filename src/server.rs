@@ -68,7 +68,9 @@ pub async fn start_with_clock(
     if let Some(path) = config_path {
         tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
     }
-    let jobs = crate::jobs::Jobs::new(fleet.clone(), secrets);
+    let objects = crate::objects::open(&fleet.config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    info!(kind = objects.kind(), "object store");
+    let jobs = crate::jobs::Jobs::new(fleet.clone(), secrets, objects);
     tokio::spawn(jobs.clone().run(shutdown.clone()));
     let state = AppState { fleet: fleet.clone(), auth, config_error, jobs: jobs.clone() };
     Ok(Running { fleet, state, shutdown, jobs })

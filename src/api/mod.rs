@@ -6,6 +6,7 @@
 
 mod openapi;
 pub mod secrets;
+pub mod storage;
 pub mod views;
 pub mod workflows;
 
@@ -218,6 +219,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/output", get(job_output))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/artifacts", get(storage::list_artifacts))
+        .route("/api/v1/jobs/{id}/artifacts/{node}/{*path}", get(storage::get_artifact))
+        .route("/api/v1/jobs/{id}/tests", get(storage::tests))
         .route("/api/v1/pipelines", post(workflows::submit_pipeline).layer(DefaultBodyLimit::max(JOB_BODY_LIMIT)))
         .route("/api/v1/pipelines/{id}", get(workflows::show_pipeline))
         .route("/api/v1/workflows", get(workflows::list_workflows))

@@ -132,6 +132,7 @@ pub fn spec() -> Value {
     });
     secrets_paths(&mut spec);
     super::workflows::openapi(&mut spec, op, BODY_413);
+    super::storage::openapi(&mut spec, op);
     spec
 }
 

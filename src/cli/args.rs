@@ -213,6 +213,20 @@ pub enum JobsCmd {
     },
     /// Cancel a job: its steps stop and its VMs are destroyed.
     Cancel { id: String },
+    /// A job's artifacts; with --download, fetched into DIR (as node/path).
+    Artifacts {
+        id: String,
+        #[arg(long)]
+        download: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// A job's test results: counts, failures with their messages, per-test times.
+    Tests {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Print the ssh command that reaches a running task's VM (writes its key to --key-file).
     Ssh {
         id: String,

@@ -55,6 +55,7 @@ pub(super) fn validate_jobs(file: &Path, as_json: bool) -> anyhow::Result<std::p
 }
 
 pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::process::ExitCode> {
+    use crate::api::storage::{ArtifactView, TestsView};
     use crate::api::views::{JobView, TaskView};
     match c {
         JobsCmd::List { state, json } => {
@@ -92,6 +93,11 @@ pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::proce
                     o.remove("tasks");
                 }
                 print_kv(&v);
+                let tests: crate::api::storage::TestsView = api.get(&format!("/api/v1/jobs/{}/tests", j.id)).await?;
+                if tests.total > 0 {
+                    println!();
+                    print_tests(&tests);
+                }
                 for t in &j.tasks {
                     println!();
                     println!(
@@ -117,6 +123,40 @@ pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::proce
             let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
             let code = crate::cli::run_job::follow_remote(api, &j.id, j.parallelism, *follow).await?;
             return Ok(std::process::ExitCode::from(if *follow { code } else { 0 }));
+        }
+        JobsCmd::Artifacts { id, download, json } => {
+            let list: Vec<ArtifactView> = api.get(&format!("/api/v1/jobs/{id}/artifacts")).await?;
+            if json.json {
+                print_json(&list)?;
+            } else {
+                table(
+                    &["Node", "Path", "Bytes"],
+                    list.iter().map(|a| vec![a.node.to_string(), a.path.clone(), a.size.to_string()]).collect(),
+                );
+            }
+            if let Some(dir) = download {
+                for a in &list {
+                    let bytes = api.stream(&a.url).await?.bytes().await?;
+                    let path = dir.join(a.node.to_string()).join(&a.path);
+                    // Stored paths have no `..` or absolute parts; check again before writing.
+                    if !path.starts_with(dir) || a.path.split('/').any(|s| s == ".." || s.is_empty()) {
+                        bail!("artifact path {:?} would leave {}", a.path, dir.display());
+                    }
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                }
+                eprintln!("downloaded {} artifact(s) into {}", list.len(), dir.display());
+            }
+        }
+        JobsCmd::Tests { id, json } => {
+            let t: TestsView = api.get(&format!("/api/v1/jobs/{id}/tests")).await?;
+            if json.json {
+                print_json(&t)?;
+            } else {
+                print_tests(&t);
+            }
         }
         JobsCmd::Cancel { id } => {
             let j: JobView = api.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?;
@@ -144,4 +184,20 @@ pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::proce
         JobsCmd::Validate { .. } => unreachable!("handled without a server"),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_tests(t: &crate::api::storage::TestsView) {
+    println!(
+        "tests: {} ({} passed, {} failed, {} errors, {} skipped) in {:.1} s",
+        t.total, t.success, t.failed, t.errors, t.skipped, t.time_s
+    );
+    for c in t.cases.iter().filter(|c| matches!(c.result.as_str(), "failure" | "error")) {
+        let at = c.file.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+        println!("  {} {}.{}{at}: {}", c.result, c.classname, c.name, c.message.as_deref().unwrap_or_default());
+    }
+    let mut slow: Vec<&crate::api::storage::TestCaseView> = t.cases.iter().collect();
+    slow.sort_by(|a, b| b.time_s.total_cmp(&a.time_s));
+    for c in slow.iter().take(5).filter(|c| c.time_s > 0.0) {
+        println!("  slowest: {:.2} s {}.{}", c.time_s, c.classname, c.name);
+    }
 }

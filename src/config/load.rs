@@ -355,6 +355,11 @@ impl Config {
     pub fn secrets_key_path(&self) -> PathBuf {
         self.secrets.key_file.clone().unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
+
+    /// The filesystem object store's directory.
+    pub fn objects_path(&self) -> PathBuf {
+        self.storage.path.clone().unwrap_or_else(|| self.data_dir.join("objects"))
+    }
 }
 
 /// What a resource class needs from an image.

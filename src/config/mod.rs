@@ -66,6 +66,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// The key that seals jobs' secrets at rest.
     pub secrets: SecretsConfig,
+    /// Where jobs' caches, workspaces, artifacts and test results go, and for how long.
+    pub storage: crate::objects::StorageConfig,
 }
 
 /// Where the secrets key comes from.
@@ -627,6 +629,7 @@ impl Default for Config {
             metrics_out: MetricsOut::default(),
             jobs: JobsConfig::default(),
             secrets: SecretsConfig::default(),
+            storage: crate::objects::StorageConfig::default(),
         }
     }
 }

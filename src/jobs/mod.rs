@@ -11,8 +11,10 @@
 //! is never finished twice.
 
 pub mod circleci;
+mod junit;
 mod runner;
 pub mod script;
+mod storage;
 mod workflows;
 
 pub use crate::yaml;
@@ -133,6 +135,8 @@ pub struct Jobs {
     pub fleet: Arc<Fleet>,
     /// The secrets key and the jobs' secrets.
     pub secrets: Arc<Secrets>,
+    /// Where caches, workspaces, artifacts and test results go.
+    pub objects: Arc<dyn crate::objects::ObjectStore>,
     /// This process's claim name.
     pub owner: String,
     wake: Notify,
@@ -169,12 +173,13 @@ pub(crate) fn secrets_error(e: SecretsError, at: &str) -> FleetError {
 
 impl Jobs {
     /// The job service over `fleet`.
-    pub fn new(fleet: Arc<Fleet>, secrets: Arc<Secrets>) -> Arc<Self> {
+    pub fn new(fleet: Arc<Fleet>, secrets: Arc<Secrets>, objects: Arc<dyn crate::objects::ObjectStore>) -> Arc<Self> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let owner = format!("{}-{}-{}", host.trim(), std::process::id(), &short_id()[..6]);
         Arc::new(Self {
             fleet,
             secrets,
+            objects,
             owner,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -542,6 +547,7 @@ impl Jobs {
                     abort,
                     held: Vec::new(),
                     secrets: &secrets,
+                    stored_bytes: 0,
                 };
                 let outcome = run.execute().await;
                 for fleet_task in &run.held {

@@ -26,6 +26,8 @@ pub(super) struct Run<'a> {
     pub(super) held: Vec<String>,
     /// The job's variables and keys.
     pub(super) secrets: &'a JobSecrets,
+    /// Bytes this task has put in the object store.
+    pub(super) stored_bytes: u64,
 }
 
 impl Run<'_> {
@@ -33,7 +35,7 @@ impl Run<'_> {
         *self.abort.borrow()
     }
 
-    fn abort_outcome(a: Abort) -> Outcome {
+    pub(super) fn abort_outcome(a: Abort) -> Outcome {
         match a {
             Abort::Canceled => {
                 Outcome { state: "canceled", exit_code: None, reason: Some("the job was canceled".into()) }
@@ -176,6 +178,11 @@ impl Run<'_> {
         let store = &fleet.store;
         let deadline = tokio::time::Instant::now() + fleet.config.timeouts.long_running_task;
         let mut env = self.environment();
+        if !spec.windows {
+            if let Err(o) = self.install_tools(session, deadline).await {
+                return o;
+            }
+        }
         let mut failed: Option<(Option<i64>, String)> = None;
         let (bg_stop, _) = watch::channel(false);
         let mut background = Vec::new();
@@ -188,6 +195,9 @@ impl Run<'_> {
             }
             let when = match step {
                 Step::Run(r) => r.when,
+                Step::SaveCache { when, .. } => *when,
+                // As CircleCI: test results and artifacts are stored whatever happened before.
+                Step::StoreTestResults { .. } | Step::StoreArtifacts { .. } => When::Always,
                 _ => When::OnSuccess,
             };
             let runs = match when {
@@ -209,6 +219,12 @@ impl Run<'_> {
                     Ok(StepResult::Skipped)
                 }
                 Step::SetupRemoteDocker { .. } => self.remote_docker(session, idx, &mut env).await,
+                Step::SaveCache { .. }
+                | Step::RestoreCache { .. }
+                | Step::PersistToWorkspace { .. }
+                | Step::AttachWorkspace { .. }
+                | Step::StoreArtifacts { .. }
+                | Step::StoreTestResults { .. } => self.storage_step(session, idx, step, &env, deadline).await,
                 Step::AddSshKeys { fingerprints } => self.add_ssh_keys(session, idx, fingerprints, deadline).await,
                 Step::Checkout { path } => self.checkout(session, idx, path.as_deref(), &env, deadline).await,
                 Step::Run(r) if r.background => {
@@ -291,7 +307,7 @@ impl Run<'_> {
     }
 
     /// Runs one command, streaming its output as step `idx`.
-    async fn exec(
+    pub(super) async fn exec(
         &self,
         session: &Session,
         idx: i64,
@@ -509,7 +525,7 @@ impl Run<'_> {
     }
 }
 
-enum StepResult {
+pub(super) enum StepResult {
     Exited(i64),
     Skipped,
     Background,
@@ -517,7 +533,7 @@ enum StepResult {
     Aborted(Abort),
 }
 
-fn step_label(step: &Step) -> String {
+pub(super) fn step_label(step: &Step) -> String {
     match step {
         Step::Checkout { .. } => "checkout".into(),
         Step::Run(r) => format!("run: {}", r.name),
@@ -526,6 +542,12 @@ fn step_label(step: &Step) -> String {
             None => "setup_remote_docker".into(),
         },
         Step::AddSshKeys { .. } => "add_ssh_keys".into(),
+        Step::SaveCache { .. } => "save_cache".into(),
+        Step::RestoreCache { .. } => "restore_cache".into(),
+        Step::PersistToWorkspace { .. } => "persist_to_workspace".into(),
+        Step::AttachWorkspace { .. } => "attach_workspace".into(),
+        Step::StoreArtifacts { .. } => "store_artifacts".into(),
+        Step::StoreTestResults { .. } => "store_test_results".into(),
         Step::Unsupported { name, .. } => name.clone(),
     }
 }
@@ -654,7 +676,7 @@ impl Output {
         let _ = self.tx.send((step, END_STEP, Vec::new()));
     }
 
-    fn data(&self, step: i64, stream: Stream, bytes: &[u8]) {
+    pub(super) fn data(&self, step: i64, stream: Stream, bytes: &[u8]) {
         let s = match stream {
             Stream::Stdout => "out",
             Stream::Stderr => "err",

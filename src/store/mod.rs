@@ -547,9 +547,11 @@ pub fn redact_url(url: &str) -> String {
 mod admin;
 mod jobs;
 mod secrets;
+mod storage;
 mod tasks;
 mod vms;
 mod volumes;
 mod workflows;
 
+pub use storage::{ArtifactRow, CacheRow, TestResultRow, WorkspaceLayerRow};
 pub use workflows::{derive_workflow_state, workflow_ended, Advanced, PipelineRow, WorkflowJobRow, WorkflowRow};

@@ -13,6 +13,7 @@
 //! refused with the orb's name.
 
 mod resolve;
+mod storage_steps;
 mod workflows;
 
 pub use workflows::{GitFilter, Workflow, WorkflowNode};
@@ -117,8 +118,58 @@ pub enum Step {
         /// `SHA256:…` or MD5 `aa:bb:…` fingerprints, as written.
         fingerprints: Vec<String>,
     },
-    /// A CircleCI built-in this service does not carry out (caches, workspaces, artifacts):
-    /// reported in the output and skipped.
+    /// `save_cache`: `paths` under the rendered `key`, unless the key is taken.
+    SaveCache {
+        /// The key template (`v1-{{ checksum "Cargo.lock" }}`).
+        key: String,
+        /// Files and directories (relative to the working directory, `~`, or absolute).
+        paths: Vec<String>,
+        /// When it runs.
+        #[serde(default)]
+        when: When,
+        /// Its line.
+        line: usize,
+    },
+    /// `restore_cache`: the first of `keys` that matches exactly or as a prefix.
+    RestoreCache {
+        /// Key templates, in order.
+        keys: Vec<String>,
+        /// Its line.
+        line: usize,
+    },
+    /// `persist_to_workspace`: `paths` (globs) under `root` into this job's workspace layer.
+    PersistToWorkspace {
+        /// The directory `paths` are relative to.
+        root: String,
+        /// Paths or globs.
+        paths: Vec<String>,
+        /// Its line.
+        line: usize,
+    },
+    /// `attach_workspace`: the layers of the jobs this one requires, at `at`.
+    AttachWorkspace {
+        /// Where.
+        at: String,
+        /// Its line.
+        line: usize,
+    },
+    /// `store_artifacts`: a file or directory kept with the job.
+    StoreArtifacts {
+        /// What.
+        path: String,
+        /// Its name among the artifacts (default: the path).
+        destination: Option<String>,
+        /// Its line.
+        line: usize,
+    },
+    /// `store_test_results`: JUnit XML files (a file or a directory of them).
+    StoreTestResults {
+        /// Where.
+        path: String,
+        /// Its line.
+        line: usize,
+    },
+    /// A step of an older record this service no longer produces: reported and skipped.
     Unsupported {
         /// The step's name (`save_cache`, …).
         name: String,
@@ -323,15 +374,6 @@ const EXECUTOR_KEYS: &[&str] = &[
 const RUN_KEYS: &[&str] =
     &["command", "name", "environment", "working_directory", "background", "no_output_timeout", "when", "shell"];
 const SRD_KEYS: &[&str] = &["version", "docker_layer_caching", "name"];
-/// Built-ins parsed and reported, but not carried out by this service.
-const UNSUPPORTED: &[&str] = &[
-    "save_cache",
-    "restore_cache",
-    "store_artifacts",
-    "store_test_results",
-    "persist_to_workspace",
-    "attach_workspace",
-];
 const MAX_DEPTH: usize = 32;
 
 /// Parameters in scope while a node is substituted.

@@ -415,7 +415,7 @@ impl ConfigFile {
                     }
                     out.push(Step::AddSshKeys { fingerprints });
                 }
-                n if UNSUPPORTED.contains(&n) => out.push(Step::Unsupported { name: n.to_string(), line }),
+                n if storage_steps::NAMES.contains(&n) => out.push(self.storage_step(n, body, line)?),
                 n if n.contains('/') => {
                     let orb = n.split('/').next().unwrap_or_default();
                     let reference = self.orbs.get(orb).cloned().unwrap_or_else(|| "(not declared under orbs:)".into());
