@@ -5,7 +5,7 @@
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Most XML nodes one file may have.
-const MAX_NODES: u32 = 1_000_000;
+const MAX_NODES: u32 = 500_000;
 
 /// Longest failure message kept.
 const MAX_MESSAGE: usize = 4_096;

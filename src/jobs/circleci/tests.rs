@@ -51,7 +51,35 @@ jobs:
     assert_eq!(r.command, "echo world hello");
     let Step::Run(r) = &j.steps[2] else { panic!("run") };
     assert_eq!((r.when, r.no_output_timeout), (When::Always, Some(Duration::from_secs(1200))));
-    assert!(matches!(&j.steps[3], Step::Unsupported { name, .. } if name == "save_cache"));
+    assert_eq!(
+        j.steps[3],
+        Step::SaveCache { key: "x".into(), paths: vec!["a".into()], when: When::OnSuccess, line: 32 }
+    );
+}
+
+#[test]
+fn storage_steps_take_their_keys_and_name_what_is_wrong() {
+    let with = |step: &str| {
+        let text = format!("version: 2.1\njobs:\n  build:\n    machine: true\n    steps:\n      - {step}\n");
+        job(&text, "build").map(|j| j.steps).map_err(|e| e.to_string())
+    };
+    let steps = with("restore_cache: {keys: ['a-{{ .Branch }}', a-]}").expect("restore");
+    assert_eq!(steps, [Step::RestoreCache { keys: vec!["a-{{ .Branch }}".into(), "a-".into()], line: 6 }]);
+    let steps = with("persist_to_workspace: {root: ., paths: [bin, '*.txt']}").expect("persist");
+    assert!(matches!(&steps[0], Step::PersistToWorkspace { root, paths, .. } if root == "." && paths.len() == 2));
+    let steps = with("store_artifacts: {path: out, destination: reports}").expect("artifacts");
+    assert!(matches!(&steps[0], Step::StoreArtifacts { destination: Some(d), .. } if d == "reports"));
+    for (step, says) in [
+        ("save_cache: {key: k}", "save_cache needs `paths`"),
+        ("save_cache: {key: k, paths: [a], root: x}", "unknown key \"root\""),
+        ("restore_cache: {name: x}", "needs `key` or `keys`"),
+        ("attach_workspace: {}", "attach_workspace needs `at`"),
+        ("store_test_results", "takes a map"),
+        ("save_cache: {key: k, paths: [a], when: later}", "when \"later\""),
+    ] {
+        let err = with(step).expect_err(step);
+        assert!(err.starts_with("c.yml:6:") && err.contains(says), "{step}: {err}");
+    }
 }
 
 #[test]
