@@ -166,7 +166,121 @@ pub fn segment(s: &str) -> String {
 pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn ObjectStore>, ObjectError> {
     match config.storage.kind {
         StorageKind::Filesystem => Ok(std::sync::Arc::new(FsStore::new(&config.objects_path())?)),
-        StorageKind::S3 => Err(ObjectError::Io("storage.kind s3 is not available in this build".into())),
+        StorageKind::S3 => Ok(std::sync::Arc::new(S3Store::new(config).await?)),
+    }
+}
+
+/// Objects in an S3 bucket, under a prefix. Region and credentials are the EC2 provider's unless
+/// `storage` names its own region and endpoint.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+fn s3_error<E: std::error::Error + 'static>(what: &str, e: aws_sdk_s3::error::SdkError<E>) -> ObjectError {
+    // The SDK's display of an error is its kind; the service's own code and message say more.
+    let detail = match &e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            let raw = s.raw();
+            format!("HTTP {}", raw.status().as_u16())
+        }
+        other => other.to_string(),
+    };
+    ObjectError::Io(format!("S3 {what}: {detail}"))
+}
+
+impl S3Store {
+    /// The bucket of `config.storage`.
+    ///
+    /// # Errors
+    /// [`ObjectError::Io`] for `kind: s3` without a bucket.
+    pub async fn new(config: &crate::config::Config) -> Result<Self, ObjectError> {
+        let s = &config.storage;
+        let bucket =
+            s.bucket.clone().filter(|b| !b.is_empty()).ok_or_else(|| io("storage.kind s3 needs storage.bucket"))?;
+        let mut settings = config.ec2_settings();
+        if let Some(r) = &s.region {
+            settings.region = r.clone();
+        }
+        if s.endpoint_url.is_some() {
+            settings.endpoint_url = s.endpoint_url.clone();
+        }
+        let sdk = vmfleet_provisioner::ec2::sdk_config(&settings).await;
+        // Emulators and most S3-compatible stores answer on paths, not on bucket host names.
+        let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(s.endpoint_url.is_some()).build();
+        let prefix = s.prefix.trim_matches('/').to_string();
+        Ok(Self { client: aws_sdk_s3::Client::from_conf(conf), bucket, prefix })
+    }
+
+    fn key(&self, key: &str) -> Result<String, ObjectError> {
+        check_key(key)?;
+        Ok(if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) })
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), ObjectError> {
+        let k = self.key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .body(aws_sdk_s3::primitives::ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("put {k}"), e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ObjectError> {
+        let k = self.key(key)?;
+        match self.client.get_object().bucket(&self.bucket).key(&k).send().await {
+            Ok(o) => {
+                let body = o.body.collect().await.map_err(|e| io(format!("S3 get {k}: {e}")))?;
+                Ok(Some(body.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_error(&format!("get {k}"), e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
+        let full = if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{prefix}", self.prefix) };
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let mut out = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error(&format!("list {full}"), e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                out.push(ObjectMeta {
+                    key: k.get(strip..).unwrap_or_default().to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified_ms: o.last_modified().map_or(0, |t| t.to_millis().unwrap_or(0)),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        let k = self.key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("delete {k}"), e))?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "s3"
     }
 }
 
