@@ -135,6 +135,44 @@ fn a_pipeline_passes_workspaces_caches_test_results_and_artifacts_on_the_embedde
     for kind in ["caches", "workspaces", "artifacts"] {
         assert!(objects.join(kind).is_dir(), "{kind} under {}", objects.display());
     }
+
+    // Retention: with caches kept 0 s, gc names the cache (and an upload a crash left), then
+    // removes them; the next pipeline misses the cache.
+    let stray = objects.join("caches/stray.tar.gz");
+    std::fs::write(&stray, b"x").expect("stray object");
+    assert!(std::process::Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&stray)
+        .status()
+        .expect("touch")
+        .success());
+    let gc = |args: &[&str]| {
+        let out = std::process::Command::new(common::serve::BIN)
+            .arg("--config")
+            .arg(&s.config)
+            .arg("gc")
+            .args(args)
+            .env("VMFLEET__STORAGE__RETENTION__CACHES", "0s")
+            .output()
+            .expect("gc");
+        assert!(out.status.success(), "gc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let planned = gc(&["--dry-run"]);
+    assert!(
+        planned.contains("would delete cache gh/acme/app v1-deps-") && planned.contains("past its retention"),
+        "{planned}"
+    );
+    assert!(planned.contains("would delete unrecorded object caches/stray.tar.gz"), "{planned}");
+    assert!(
+        !planned.contains("artifact") && !planned.contains("workspace"),
+        "artifacts and workspaces are kept: {planned}"
+    );
+    assert!(stray.exists(), "a dry run removes nothing");
+    gc(&[]);
+    assert!(!stray.exists());
+    let (_, text) = run(&s, &s.dir.path().join("config.yml").display().to_string(), "0");
+    assert!(text.contains("[build] CACHE-MISS"), "the cache is gone: {text}");
 }
 
 /// The same pipeline with the objects in S3 (moto) and two `serve` replicas on one PostgreSQL

@@ -12,6 +12,8 @@
 //! orphan. A VM busy with a task is only touched once it exceeds the long-running task
 //! timeout. A volume attached to anything, or in use in the store, is never deleted.
 
+pub mod retention;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Where a VM is in its life, as far as collection is concerned.

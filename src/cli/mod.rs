@@ -357,16 +357,29 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let provider = crate::fleet::build_provider(&config).await?;
             let fleet = crate::fleet::Fleet::new(config, store, provider).await?;
             let actions = fleet.gc_dry_run(*orphan_grace).await?;
-            if actions.is_empty() {
-                println!("nothing to collect");
-            }
             for a in &actions {
                 let what = a.summary();
                 let verb = if *dry_run { "would" } else { "will" };
                 println!("{verb} {what}: {}", a.reason());
             }
+            let objects = crate::objects::open(&fleet.config).await?;
+            let expired =
+                crate::jobs::retention::plan(&fleet.store, objects.as_ref(), &fleet.config, crate::store::now_ms())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+            if actions.is_empty() && expired.is_empty() {
+                println!("nothing to collect");
+            }
+            for e in &expired {
+                let verb = if *dry_run { "would" } else { "will" };
+                println!("{verb} {}: {}", e.summary(), e.reason());
+            }
             if !*dry_run {
                 fleet.apply_gc_all(&actions).await?;
+                let (_, errors) = crate::jobs::retention::apply(&fleet.store, objects.as_ref(), &expired).await;
+                for e in &errors {
+                    eprintln!("retention: {e}");
+                }
             }
         }
         Cmd::Reset { yes, force } => {

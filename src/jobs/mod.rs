@@ -12,6 +12,7 @@
 
 pub mod circleci;
 mod junit;
+pub mod retention;
 mod runner;
 pub mod script;
 mod storage;
@@ -143,6 +144,7 @@ pub struct Jobs {
     running: Mutex<HashMap<String, watch::Sender<Option<Abort>>>>,
     last_renew: Mutex<i64>,
     last_sweep: Mutex<i64>,
+    last_retention: Mutex<i64>,
 }
 
 /// How often each process advances every running workflow, whatever it was told.
@@ -185,6 +187,7 @@ impl Jobs {
             running: Mutex::new(HashMap::new()),
             last_renew: Mutex::new(0),
             last_sweep: Mutex::new(0),
+            last_retention: Mutex::new(now_ms()),
         })
     }
 
@@ -433,6 +436,32 @@ impl Jobs {
         };
         if sweep_due {
             self.sweep_workflows().await;
+        }
+        let retention_due = {
+            let mut last = self.last_retention.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now - *last >= self.fleet.config.gc.interval.as_millis() as i64;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if retention_due {
+            // Listing the object store may be slow; the dispatcher does not wait for it.
+            let me = self.clone();
+            tokio::spawn(async move {
+                let store = &me.fleet.store;
+                match retention::plan(store, me.objects.as_ref(), &me.fleet.config, now_ms()).await {
+                    Ok(actions) if !actions.is_empty() => {
+                        let (done, errors) = retention::apply(store, me.objects.as_ref(), &actions).await;
+                        info!(done, failed = errors.len(), "retention pass");
+                        for e in errors.iter().take(5) {
+                            warn!(error = %e, "retention");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "retention pass failed; the next one retries"),
+                }
+            });
         }
         if !mine.is_empty() {
             let canceled = store.canceled_job_tasks(&self.owner).await?;

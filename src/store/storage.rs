@@ -218,3 +218,61 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// Every recorded object (cache, workspace layer, artifact) as (kind, label, object key,
+    /// created), for retention.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn stored_objects(&self) -> Result<Vec<(&'static str, String, String, i64)>, StoreError> {
+        let mut out = Vec::new();
+        let queries: [(&'static str, &str); 3] = [
+            ("cache", "SELECT project || ' ' || cache_key, object_key, created_at FROM caches"),
+            ("workspace", "SELECT job_id || ' node ' || CAST(node_index AS TEXT), object_key, created_at FROM workspace_layers"),
+            ("artifact", "SELECT job_id || ' node ' || CAST(node_index AS TEXT) || ' ' || path, object_key, created_at FROM artifacts"),
+        ];
+        for (kind, sql) in queries {
+            let rows: Vec<(String, String, i64)> = with_pool!(&self.db, |p| sqlx::query_as(sql).fetch_all(p).await)?;
+            out.extend(rows.into_iter().map(|(label, key, at)| (kind, label, key, at)));
+        }
+        Ok(out)
+    }
+
+    /// Jobs that ended before `before` and still have output or test results, with when.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn jobs_with_output_before(&self, before: i64, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT j.id, j.finished_at FROM jobs j WHERE j.finished_at IS NOT NULL AND j.finished_at < $1 \
+                   AND (EXISTS (SELECT 1 FROM job_output o WHERE o.job_id = j.id) \
+                        OR EXISTS (SELECT 1 FROM test_results r WHERE r.job_id = j.id)) \
+                   ORDER BY j.finished_at LIMIT $2";
+        Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(before).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Removes the row that names `object_key` (a cache, layer or artifact).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn forget_object(&self, object_key: &str) -> Result<(), StoreError> {
+        in_tx!(&self.db, |tx| {
+            for table in ["caches", "workspace_layers", "artifacts"] {
+                execute_in!(tx, &format!("DELETE FROM {table} WHERE object_key = $1"), object_key);
+            }
+        });
+        Ok(())
+    }
+
+    /// Removes a job's output and test results (the job's record stays).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn forget_job_output(&self, job_id: &str) -> Result<(), StoreError> {
+        in_tx!(&self.db, |tx| {
+            execute_in!(tx, "DELETE FROM job_output WHERE job_id = $1", job_id);
+            execute_in!(tx, "DELETE FROM test_results WHERE job_id = $1", job_id);
+        });
+        Ok(())
+    }
+}
