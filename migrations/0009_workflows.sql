@@ -20,6 +20,7 @@ CREATE TABLE workflows (
     id TEXT PRIMARY KEY,
     pipeline_id TEXT NOT NULL,
     name TEXT NOT NULL,
+    idx BIGINT NOT NULL DEFAULT 0,
     project TEXT NOT NULL,
     state TEXT NOT NULL,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,

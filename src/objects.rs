@@ -159,14 +159,19 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-/// The object store `config.storage` describes.
+/// The object store `storage` describes: the filesystem at `fs_path`, or S3 with the EC2
+/// provider's region, credentials and proxy (`aws`) unless `storage` names its own.
 ///
 /// # Errors
 /// [`ObjectError::Io`] when it cannot be opened; a `kind: s3` without a bucket.
-pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn ObjectStore>, ObjectError> {
-    match config.storage.kind {
-        StorageKind::Filesystem => Ok(std::sync::Arc::new(FsStore::new(&config.objects_path())?)),
-        StorageKind::S3 => Ok(std::sync::Arc::new(S3Store::new(config).await?)),
+pub async fn open(
+    storage: &StorageConfig,
+    fs_path: &Path,
+    aws: vmfleet_provisioner::ec2::Ec2Settings,
+) -> Result<std::sync::Arc<dyn ObjectStore>, ObjectError> {
+    match storage.kind {
+        StorageKind::Filesystem => Ok(std::sync::Arc::new(FsStore::new(fs_path)?)),
+        StorageKind::S3 => Ok(std::sync::Arc::new(S3Store::new(storage, aws).await?)),
     }
 }
 
@@ -192,15 +197,14 @@ fn s3_error<E: std::error::Error + 'static>(what: &str, e: aws_sdk_s3::error::Sd
 }
 
 impl S3Store {
-    /// The bucket of `config.storage`.
+    /// The bucket of `s`.
     ///
     /// # Errors
     /// [`ObjectError::Io`] for `kind: s3` without a bucket.
-    pub async fn new(config: &crate::config::Config) -> Result<Self, ObjectError> {
-        let s = &config.storage;
+    pub async fn new(s: &StorageConfig, aws: vmfleet_provisioner::ec2::Ec2Settings) -> Result<Self, ObjectError> {
         let bucket =
             s.bucket.clone().filter(|b| !b.is_empty()).ok_or_else(|| io("storage.kind s3 needs storage.bucket"))?;
-        let mut settings = config.ec2_settings();
+        let mut settings = aws;
         if let Some(r) = &s.region {
             settings.region = r.clone();
         }

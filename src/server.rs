@@ -68,7 +68,7 @@ pub async fn start_with_clock(
     if let Some(path) = config_path {
         tokio::spawn(watch_config(path, config_error.clone(), shutdown.clone()));
     }
-    let objects = crate::objects::open(&fleet.config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects = fleet.config.object_store().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(kind = objects.kind(), "object store");
     let jobs = crate::jobs::Jobs::new(fleet.clone(), secrets, objects);
     tokio::spawn(jobs.clone().run(shutdown.clone()));

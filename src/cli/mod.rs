@@ -362,7 +362,7 @@ pub(super) async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let verb = if *dry_run { "would" } else { "will" };
                 println!("{verb} {what}: {}", a.reason());
             }
-            let objects = crate::objects::open(&fleet.config).await?;
+            let objects = fleet.config.object_store().await?;
             let expired =
                 crate::jobs::retention::plan(&fleet.store, objects.as_ref(), &fleet.config, crate::store::now_ms())
                     .await

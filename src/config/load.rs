@@ -360,6 +360,16 @@ impl Config {
     pub fn objects_path(&self) -> PathBuf {
         self.storage.path.clone().unwrap_or_else(|| self.data_dir.join("objects"))
     }
+
+    /// The object store this configuration names.
+    ///
+    /// # Errors
+    /// As [`crate::objects::open`].
+    pub async fn object_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::objects::ObjectStore>, crate::objects::ObjectError> {
+        crate::objects::open(&self.storage, &self.objects_path(), self.ec2_settings()).await
+    }
 }
 
 /// What a resource class needs from an image.

@@ -195,9 +195,12 @@ impl Run<'_> {
             }
             let when = match step {
                 Step::Run(r) => r.when,
-                Step::SaveCache { when, .. } => *when,
-                // As CircleCI: test results and artifacts are stored whatever happened before.
-                Step::StoreTestResults { .. } | Step::StoreArtifacts { .. } => When::Always,
+                Step::SaveCache { when, .. }
+                | Step::RestoreCache { when, .. }
+                | Step::PersistToWorkspace { when, .. }
+                | Step::AttachWorkspace { when, .. }
+                | Step::StoreArtifacts { when, .. }
+                | Step::StoreTestResults { when, .. } => *when,
                 _ => When::OnSuccess,
             };
             let runs = match when {

@@ -21,6 +21,12 @@ use super::Outcome;
 use crate::objects::segment;
 use crate::store::{now_ms, short_id, ArtifactRow, CacheRow, TestResultRow, WorkspaceLayerRow};
 
+/// A short hex digest naming an object after text of any length.
+fn digest(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
+}
+
 /// What a cache's paths under the VM user's home start with: a cache saved on one VM is
 /// restored under the home of the next, wherever that is.
 const HOME_MARK: &str = "__vmfleet_home__";
@@ -93,8 +99,8 @@ impl Run<'_> {
     ) -> Result<StepResult, Outcome> {
         if self.plan.spec.windows {
             let name = super::runner::step_label(step);
-            self.out.sys(idx, &format!("{name} on Windows VMs is not supported yet"));
-            return Ok(StepResult::Exited(1));
+            self.out.sys(idx, &format!("{name} is not carried out on Windows VMs yet; skipped"));
+            return Ok(StepResult::Skipped);
         }
         match step {
             Step::SaveCache { key, paths, .. } => self.save_cache(session, idx, key, paths, env, deadline).await,
@@ -251,7 +257,8 @@ impl Run<'_> {
                 return Ok(StepResult::Exited(c));
             }
         }
-        let object = format!("caches/{}/{}-{}.tar.gz", segment(project), segment(&key), short_id());
+        // Keys may be long and hold anything: the object is named by the key's hash.
+        let object = format!("caches/{}/{}-{}.tar.gz", segment(project), digest(&key), short_id());
         let size = got.stdout.len() as i64;
         self.put(&object, got.stdout).await?;
         let row = CacheRow {
@@ -601,12 +608,7 @@ impl Run<'_> {
                 self.out.sys(idx, &format!("store_artifacts: could not read {full}"));
                 return Ok(StepResult::Exited(1));
             };
-            let object = format!(
-                "artifacts/{}/{}/{}",
-                self.job.id,
-                self.task.node_index,
-                name.split('/').map(segment).collect::<Vec<_>>().join("/")
-            );
+            let object = format!("artifacts/{}/{}/{}", self.job.id, self.task.node_index, digest(&name));
             let len = data.len() as i64;
             self.put(&object, data).await?;
             let row = ArtifactRow {

@@ -175,6 +175,7 @@ impl Jobs {
                     id: wid,
                     pipeline_id: pipeline_id.clone(),
                     name: w.name.clone(),
+                    idx: wf_rows.len() as i64,
                     project: sub.project.clone(),
                     state: "running".into(),
                     cancel_requested: false,

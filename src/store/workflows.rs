@@ -36,6 +36,8 @@ pub struct WorkflowRow {
     pub id: String,
     pub pipeline_id: String,
     pub name: String,
+    /// Its place in the file.
+    pub idx: i64,
     pub project: String,
     /// `running`, `failing`, `on_hold`, `success`, `failed`, `canceled`.
     pub state: String,
@@ -188,15 +190,16 @@ macro_rules! insert_workflow {
         let w: &WorkflowRow = $w;
         execute_in!(
             $tx,
-            "INSERT INTO workflows (id, pipeline_id, name, project, state, cancel_requested, rerun_of, created_at) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $7)",
+            "INSERT INTO workflows (id, pipeline_id, name, idx, project, state, cancel_requested, rerun_of, created_at) \
+             VALUES ($1, $2, $3, $8, $4, $5, FALSE, $6, $7)",
             &w.id,
             &w.pipeline_id,
             &w.name,
             &w.project,
             &w.state,
             &w.rerun_of,
-            w.created_at
+            w.created_at,
+            w.idx
         );
     }};
 }
@@ -298,7 +301,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn pipeline_workflows(&self, pipeline_id: &str) -> Result<Vec<WorkflowRow>, StoreError> {
-        let sql = "SELECT * FROM workflows WHERE pipeline_id = $1 ORDER BY created_at, id";
+        let sql = "SELECT * FROM workflows WHERE pipeline_id = $1 ORDER BY created_at, idx, id";
         Ok(with_pool!(&self.db, |p| sqlx::query_as(sql).bind(pipeline_id).fetch_all(p).await)?)
     }
 

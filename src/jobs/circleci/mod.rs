@@ -132,6 +132,9 @@ pub enum Step {
     },
     /// `restore_cache`: the first of `keys` that matches exactly or as a prefix.
     RestoreCache {
+        /// When it runs.
+        #[serde(default)]
+        when: When,
         /// Key templates, in order.
         keys: Vec<String>,
         /// Its line.
@@ -139,6 +142,9 @@ pub enum Step {
     },
     /// `persist_to_workspace`: `paths` (globs) under `root` into this job's workspace layer.
     PersistToWorkspace {
+        /// When it runs.
+        #[serde(default)]
+        when: When,
         /// The directory `paths` are relative to.
         root: String,
         /// Paths or globs.
@@ -148,6 +154,9 @@ pub enum Step {
     },
     /// `attach_workspace`: the layers of the jobs this one requires, at `at`.
     AttachWorkspace {
+        /// When it runs.
+        #[serde(default)]
+        when: When,
         /// Where.
         at: String,
         /// Its line.
@@ -155,6 +164,9 @@ pub enum Step {
     },
     /// `store_artifacts`: a file or directory kept with the job.
     StoreArtifacts {
+        /// When it runs.
+        #[serde(default)]
+        when: When,
         /// What.
         path: String,
         /// Its name among the artifacts (default: the path).
@@ -164,6 +176,9 @@ pub enum Step {
     },
     /// `store_test_results`: JUnit XML files (a file or a directory of them).
     StoreTestResults {
+        /// When it runs.
+        #[serde(default)]
+        when: When,
         /// Where.
         path: String,
         /// Its line.

@@ -20,11 +20,11 @@ impl ConfigFile {
     pub(super) fn storage_step(&self, name: &str, body: Option<&Node>, line: usize) -> Result<Step, CircleError> {
         let (required, optional): (&[&str], &[&str]) = match name {
             "save_cache" => (&["key", "paths"], &["name", "when"]),
-            "restore_cache" => (&[], &["key", "keys", "name"]),
-            "persist_to_workspace" => (&["root", "paths"], &["name"]),
-            "attach_workspace" => (&["at"], &["name"]),
-            "store_artifacts" => (&["path"], &["destination", "name"]),
-            _ => (&["path"], &["name"]),
+            "restore_cache" => (&[], &["key", "keys", "name", "when"]),
+            "persist_to_workspace" => (&["root", "paths"], &["name", "when"]),
+            "attach_workspace" => (&["at"], &["name", "when"]),
+            "store_artifacts" => (&["path"], &["destination", "name", "when"]),
+            _ => (&["path"], &["name", "when"]),
         };
         let expected = || required.iter().chain(optional).copied().collect::<Vec<_>>().join(", ");
         let map =
@@ -59,20 +59,21 @@ impl ConfigFile {
             }
             Ok(items)
         };
-        Ok(match name {
-            "save_cache" => {
-                let when = match get("when").map(scalar_text).as_deref() {
-                    None | Some("on_success") => When::OnSuccess,
-                    Some("always") => When::Always,
-                    Some("on_fail") => When::OnFail,
-                    Some(other) => {
-                        return Err(
-                            self.err(line, format!("save_cache: when {other:?} (use on_success, on_fail, always)"))
-                        )
-                    }
-                };
-                Step::SaveCache { key: text("key")?, paths: list("paths")?, when, line }
+        // As CircleCI: artifacts and test results are stored whatever happened before, unless
+        // the step says otherwise.
+        let default =
+            if matches!(name, "store_artifacts" | "store_test_results") { When::Always } else { When::OnSuccess };
+        let when = match get("when").map(scalar_text).as_deref() {
+            None => default,
+            Some("on_success") => When::OnSuccess,
+            Some("always") => When::Always,
+            Some("on_fail") => When::OnFail,
+            Some(other) => {
+                return Err(self.err(line, format!("{name}: when {other:?} (use on_success, on_fail, always)")))
             }
+        };
+        Ok(match name {
+            "save_cache" => Step::SaveCache { key: text("key")?, paths: list("paths")?, when, line },
             "restore_cache" => {
                 let mut keys = Vec::new();
                 if get("key").is_some() {
@@ -84,16 +85,19 @@ impl ConfigFile {
                 if keys.is_empty() {
                     return Err(self.err(line, "restore_cache needs `key` or `keys`"));
                 }
-                Step::RestoreCache { keys, line }
+                Step::RestoreCache { keys, when, line }
             }
-            "persist_to_workspace" => Step::PersistToWorkspace { root: text("root")?, paths: list("paths")?, line },
-            "attach_workspace" => Step::AttachWorkspace { at: text("at")?, line },
+            "persist_to_workspace" => {
+                Step::PersistToWorkspace { root: text("root")?, paths: list("paths")?, when, line }
+            }
+            "attach_workspace" => Step::AttachWorkspace { at: text("at")?, when, line },
             "store_artifacts" => Step::StoreArtifacts {
                 path: text("path")?,
                 destination: get("destination").map(scalar_text).filter(|d| !d.trim().is_empty()),
+                when,
                 line,
             },
-            _ => Step::StoreTestResults { path: text("path")?, line },
+            _ => Step::StoreTestResults { path: text("path")?, when, line },
         })
     }
 }

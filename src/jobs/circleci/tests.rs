@@ -64,11 +64,18 @@ fn storage_steps_take_their_keys_and_name_what_is_wrong() {
         job(&text, "build").map(|j| j.steps).map_err(|e| e.to_string())
     };
     let steps = with("restore_cache: {keys: ['a-{{ .Branch }}', a-]}").expect("restore");
-    assert_eq!(steps, [Step::RestoreCache { keys: vec!["a-{{ .Branch }}".into(), "a-".into()], line: 6 }]);
+    assert_eq!(
+        steps,
+        [Step::RestoreCache { keys: vec!["a-{{ .Branch }}".into(), "a-".into()], when: When::OnSuccess, line: 6 }]
+    );
     let steps = with("persist_to_workspace: {root: ., paths: [bin, '*.txt']}").expect("persist");
     assert!(matches!(&steps[0], Step::PersistToWorkspace { root, paths, .. } if root == "." && paths.len() == 2));
     let steps = with("store_artifacts: {path: out, destination: reports}").expect("artifacts");
-    assert!(matches!(&steps[0], Step::StoreArtifacts { destination: Some(d), .. } if d == "reports"));
+    assert!(
+        matches!(&steps[0], Step::StoreArtifacts { destination: Some(d), when: When::Always, .. } if d == "reports")
+    );
+    let steps = with("store_test_results: {path: r, when: on_success}").expect("test results");
+    assert!(matches!(&steps[0], Step::StoreTestResults { when: When::OnSuccess, .. }));
     for (step, says) in [
         ("save_cache: {key: k}", "save_cache needs `paths`"),
         ("save_cache: {key: k, paths: [a], root: x}", "unknown key \"root\""),
