@@ -179,7 +179,6 @@ fn a_pipeline_passes_workspaces_caches_test_results_and_artifacts_on_the_embedde
 /// database, each with its own data directory: the CLI calls alternate between them.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_pipeline_runs_on_s3_with_two_replicas_on_postgres() {
-    use common::serve::serve_as;
     let Some(url) = common::fresh_pg_url().await else { return };
     let Some(moto) = common::emulator::moto_url() else { return };
     let bucket = format!("vmfleet-{}", vmfleet::store::short_id());
@@ -194,25 +193,11 @@ async fn the_same_pipeline_runs_on_s3_with_two_replicas_on_postgres() {
     let s3 = aws_sdk_s3::Client::from_conf(conf);
     s3.create_bucket().bucket(&bucket).send().await.expect("create the bucket");
 
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = keys.path().join("secrets.key");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).expect("key");
-        f.write_all(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").expect("write key");
-    }
-    let token = vmfleet::auth::generate_token();
     let extra = format!(
-        "timeouts:\n  ssh_connect: 30s\n  vm_start: 60s\ndatabase:\n  url: {url}\nsecrets:\n  key_file: {key}\n\
-         storage:\n  kind: s3\n  bucket: {bucket}\n  prefix: ci\n  region: us-east-1\n  endpoint_url: {moto}\n\
-         provider:\n  ec2:\n    access_key_id: testing\n    secret_access_key: testing\n\
-         auth:\n  tokens:\n    - name: admin\n      sha256: {}\n      scopes: [admin]\n",
-        vmfleet::auth::hash_token(&token),
-        key = key.display(),
+        "storage:\n  kind: s3\n  bucket: {bucket}\n  prefix: ci\n  region: us-east-1\n  endpoint_url: {moto}\n\
+         provider:\n  ec2:\n    access_key_id: testing\n    secret_access_key: testing\n"
     );
-    let a = serve_as(&extra, Some(token.clone()));
-    let b = serve_as(&extra, Some(token));
+    let (a, b, _key) = common::serve::replicas_on(&url, &extra);
     tokio::task::spawn_blocking(move || {
         scenario(&[&a, &b]);
         for s in [&a, &b] {

@@ -300,26 +300,8 @@ async fn bad_pipelines_are_refused_with_file_and_line_and_record_nothing() {
 /// whichever replica is asked.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_on_postgres_run_a_pipeline_through_the_cli() {
-    use common::serve::serve_as;
     let Some(url) = common::fresh_pg_url().await else { return };
-    let token = vmfleet::auth::generate_token();
-    // One key for both: each generates none of its own.
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = keys.path().join("secrets.key");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).expect("key");
-        f.write_all(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").expect("write key");
-    }
-    let extra = format!(
-        "timeouts:\n  ssh_connect: 30s\n  vm_start: 60s\ndatabase:\n  url: {url}\nsecrets:\n  key_file: {}\nauth:\n  \
-         tokens:\n    - name: admin\n      sha256: {}\n      scopes: [admin]\n",
-        key.display(),
-        vmfleet::auth::hash_token(&token)
-    );
-    let a = serve_as(&extra, Some(token.clone()));
-    let b = serve_as(&extra, Some(token));
+    let (a, b, _key) = common::serve::replicas_on(&url, "");
     let file = a.dir.path().join("config.yml");
     let config = format!(
         "{DAG}\n  gated:\n    jobs:\n      - build\n      - hold: {{type: approval, requires: [build]}}\n      - deploy: \

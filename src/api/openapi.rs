@@ -19,7 +19,7 @@ fn op(summary: &str, scope: &str, ok: &str, extra: &[(&str, &str)]) -> Value {
 const BODY_413: &str = "the body is larger than the route takes (10 MiB for a job, 256 KiB otherwise)";
 
 /// `op` with a JSON request body of schema `schema` (a component name).
-fn with_body(mut op: Value, schema: &str, required: bool) -> Value {
+pub(super) fn with_body(mut op: Value, schema: &str, required: bool) -> Value {
     op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
     op
 }

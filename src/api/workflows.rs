@@ -260,10 +260,7 @@ pub(super) fn openapi(spec: &mut Value, op: impl Fn(&str, &str, &str, &[(&str, &
             .collect();
         v
     };
-    let body = |mut v: Value, schema: &str, required: bool| {
-        v["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
-        v
-    };
+    let body = super::openapi::with_body;
     let a = "operator, agent";
     let paths = [
         (

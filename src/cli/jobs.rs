@@ -121,7 +121,13 @@ pub(super) async fn jobs(api: &Client, c: &JobsCmd) -> anyhow::Result<std::proce
         }
         JobsCmd::Logs { id, follow } => {
             let j: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
-            let code = crate::cli::run_job::follow_remote(api, &j.id, j.parallelism, *follow).await?;
+            let code = crate::cli::run_job::follow_remote(
+                api,
+                &j.id,
+                crate::cli::run_job::Printer::new(j.parallelism),
+                *follow,
+            )
+            .await?;
             return Ok(std::process::ExitCode::from(if *follow { code } else { 0 }));
         }
         JobsCmd::Artifacts { id, download, json } => {

@@ -204,7 +204,7 @@ pub async fn run_remote(api: &Client, sub: &JobSubmission) -> anyhow::Result<u8>
         "==> job {} #{} ({}) queued: {} task(s) in pool {}",
         job.id, job.number, job.name, job.parallelism, job.pool
     );
-    follow_remote(api, &job.id, job.parallelism, true).await
+    follow_remote(api, &job.id, Printer::new(job.parallelism), true).await
 }
 
 /// Server-sent events, split out of the chunks of a response as they arrive.
@@ -232,13 +232,12 @@ impl SseParser {
     }
 }
 
-/// Follows a job's output stream from a server until the job ends (or, without `follow`, prints
+/// Follows a job's output stream from a server, printing it with `printer`, until the job ends (or, without `follow`, prints
 /// what there is now); returns its exit status once it ended.
 ///
 /// # Errors
 /// Transport or API errors.
-pub async fn follow_remote(api: &Client, job_id: &str, parallelism: i64, follow: bool) -> anyhow::Result<u8> {
-    let mut printer = Printer::new(parallelism);
+pub async fn follow_remote(api: &Client, job_id: &str, mut printer: Printer, follow: bool) -> anyhow::Result<u8> {
     let query = if follow { "" } else { "?follow=false" };
     let mut resp = api.stream(&format!("/api/v1/jobs/{job_id}/output{query}")).await?;
     let mut sse = SseParser::default();

@@ -219,7 +219,7 @@ pub async fn run_remote(api: &Client, sub: &PipelineSubmission) -> anyhow::Resul
                 let Some(id) = &j.job_id else { continue };
                 if crate::store::job_ended(&j.state) && j.state != "not_run" && shown.insert(id.clone()) {
                     let job: JobView = api.get(&format!("/api/v1/jobs/{id}")).await?;
-                    print_output(api, &job, &j.name).await?;
+                    super::run_job::follow_remote(api, id, Printer::labeled(&j.name, job.parallelism), false).await?;
                 }
             }
         }
@@ -238,27 +238,6 @@ pub async fn run_remote(api: &Client, sub: &PipelineSubmission) -> anyhow::Resul
             }
         }
     }
-}
-
-/// Prints a job's whole output, each line labeled with the job.
-async fn print_output(api: &Client, job: &JobView, label: &str) -> anyhow::Result<()> {
-    let mut printer = Printer::labeled(label, job.parallelism);
-    let mut resp = api.stream(&format!("/api/v1/jobs/{}/output?follow=false", job.id)).await?;
-    let mut buf = String::new();
-    while let Some(chunk) = resp.chunk().await? {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let mut event = String::new();
-    for line in buf.lines() {
-        if let Some(e) = line.strip_prefix("event:") {
-            event = e.trim().to_string();
-        } else if let Some(d) = line.strip_prefix("data:") {
-            if event == "output" {
-                printer.print(&serde_json::from_str(d.strip_prefix(' ').unwrap_or(d))?);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn print_workflow(w: &WorkflowView) {

@@ -46,16 +46,7 @@ impl Store {
                 &job.tag
             );
             for t in tasks {
-                execute_in!(
-                    tx,
-                    "INSERT INTO job_tasks (id, job_id, node_index, project, state, attempt, queued_at) \
-                     VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
-                    &t.id,
-                    &t.job_id,
-                    t.node_index,
-                    &t.project,
-                    t.queued_at
-                );
+                insert_job_task!(tx, t);
             }
             insert_audit!(&mut *tx, audit)?;
             number

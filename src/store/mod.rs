@@ -287,6 +287,23 @@ macro_rules! insert_volume {
     }};
 }
 
+/// Inserts a queued, never-started job task inside an open transaction.
+macro_rules! insert_job_task {
+    ($tx:ident, $t:expr) => {{
+        let t: &JobTaskRow = $t;
+        execute_in!(
+            $tx,
+            "INSERT INTO job_tasks (id, job_id, node_index, project, state, attempt, queued_at) \
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+            &t.id,
+            &t.job_id,
+            t.node_index,
+            &t.project,
+            t.queued_at
+        );
+    }};
+}
+
 macro_rules! insert_audit {
     ($ex:expr, $e:expr) => {{
         let e: &AuditEvent = $e;

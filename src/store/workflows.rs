@@ -457,17 +457,7 @@ impl Store {
                                     if m == 1 {
                                         let (par, project) = jobs[i].clone().unwrap_or_default();
                                         for node in 0..par {
-                                            let t = JobTaskRow::queued(job, node, &project, now);
-                                            execute_in!(
-                                                tx,
-                                                "INSERT INTO job_tasks (id, job_id, node_index, project, state, attempt, \
-                                                 queued_at) VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
-                                                &t.id,
-                                                &t.job_id,
-                                                t.node_index,
-                                                &t.project,
-                                                t.queued_at
-                                            );
+                                            insert_job_task!(tx, &JobTaskRow::queued(job, node, &project, now));
                                         }
                                         done.queued.push(job.clone());
                                     }

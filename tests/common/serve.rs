@@ -96,3 +96,24 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 }
+
+/// Two servers on one PostgreSQL database (`url`), each with its own data directory, sharing one
+/// secrets key file and one admin token (the CLI's); `extra` (YAML) goes into both configs.
+/// The key's directory is returned with them: keep it while they run.
+pub fn replicas_on(url: &str, extra: &str) -> (Server, Server, tempfile::TempDir) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("secrets.key");
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).expect("key");
+    f.write_all(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").expect("write key");
+    let token = vmfleet::auth::generate_token();
+    let config = format!(
+        "timeouts:\n  ssh_connect: 30s\n  vm_start: 60s\ndatabase:\n  url: {url}\nsecrets:\n  key_file: {}\nauth:\n  \
+         tokens:\n    - name: admin\n      sha256: {}\n      scopes: [admin]\n{extra}",
+        key.display(),
+        vmfleet::auth::hash_token(&token)
+    );
+    let a = serve_as(&config, Some(token.clone()));
+    let b = serve_as(&config, Some(token));
+    (a, b, keys)
+}
