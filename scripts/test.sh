@@ -75,7 +75,7 @@ fi
 # A clean checkout gains nothing from incremental compilation, and its files are gigabytes.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
-log "free disk space here: $((free_kib / 1048576)) GiB (a clean build needs about 6)"
+log "free disk space here: $((free_kib / 1048576)) GiB (a clean build needs about 5)"
 
 log "cargo fmt --check"
 cargo fmt --all --check

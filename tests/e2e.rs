@@ -280,6 +280,7 @@ fn local_spec(install: &str, vm: &str, public_key: &str) -> vmfleet_provisioner:
         ssh_public_key: public_key.into(),
         tags: Default::default(),
         skip_lookup: false,
+        hibernate: false,
     }
 }
 
@@ -390,11 +391,11 @@ fn local_vm_stops_keeping_its_disk_and_keys_and_starts_again() {
     let host_key_mode = std::fs::metadata(vm_dir.join("host_key")).expect("host key kept").permissions().mode();
     assert_eq!(host_key_mode & 0o777, 0o600);
 
-    rt.block_on(provider.stop(std::slice::from_ref(&id))).expect("stop");
+    rt.block_on(provider.stop(std::slice::from_ref(&id), false)).expect("stop");
     let stopped = wait(InstanceState::Stopped);
     assert!(stopped.host.is_none(), "a stopped VM has no address");
     assert!(openssh(&key_file, first.ssh_port, "true").status.code() == Some(255), "nothing answers while stopped");
-    rt.block_on(provider.stop(std::slice::from_ref(&id))).expect("stopping a stopped VM is success");
+    rt.block_on(provider.stop(std::slice::from_ref(&id), false)).expect("stopping a stopped VM is success");
 
     rt.block_on(provider.start(std::slice::from_ref(&id))).expect("start");
     let again = wait(InstanceState::Running);

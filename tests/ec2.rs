@@ -91,6 +91,7 @@ fn spec(e: &Env, vm: &str) -> LaunchSpec {
         ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest vm".into(),
         tags: BTreeMap::from([("team".into(), "ci".into())]),
         skip_lookup: false,
+        hibernate: false,
     }
 }
 
@@ -1244,18 +1245,40 @@ async fn wait_state(e: &Env, instance: &str, want: InstanceState) {
 }
 
 #[tokio::test]
+async fn a_hibernating_tier_vm_is_launched_for_it_and_a_refused_hibernation_stops_plainly() {
+    let Some(e) = env_with(|_| {}).await else { return };
+    let a = e.provider.launch(&LaunchSpec { hibernate: true, ..spec(&e, "vm-hib1") }).await.expect("launch");
+    let run = &e.proxy.seen("RunInstances")[0];
+    assert!(run.split('&').any(|kv| kv == "HibernationOptions.Configured=true"), "{run}");
+    wait_state(&e, &a.instance_id, InstanceState::Running).await;
+    // EC2 refuses the hibernation (here: injected): the instance is stopped plainly.
+    e.proxy.inject("StopInstances", "UnsupportedHibernationConfiguration", 400, 1);
+    e.provider.stop(std::slice::from_ref(&a.instance_id), true).await.expect("stop");
+    wait_state(&e, &a.instance_id, InstanceState::Stopped).await;
+    let stops = e.proxy.seen("StopInstances");
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(stops[0].split('&').any(|kv| kv == "Hibernate=true"), "{}", stops[0]);
+    assert!(!stops[1].contains("Hibernate"), "{}", stops[1]);
+    // A spot launch never asks for hibernation (a one-time spot instance cannot stop).
+    let spot = LaunchSpec { hibernate: true, capacity: vmfleet_provisioner::Capacity::Spot, ..spec(&e, "vm-hib2") };
+    e.provider.launch(&spot).await.expect("spot launch");
+    let run = e.proxy.seen("RunInstances").pop().expect("run");
+    assert!(!run.contains("HibernationOptions"), "{run}");
+}
+
+#[tokio::test]
 async fn stopped_instances_are_described_started_again_and_a_start_without_capacity_says_so() {
     let Some(e) = env_with(|_| {}).await else { return };
     let a = e.provider.launch(&spec(&e, "vm-stop1")).await.expect("launch");
     let b = e.provider.launch(&spec(&e, "vm-stop2")).await.expect("launch");
     wait_state(&e, &a.instance_id, InstanceState::Running).await;
     let both = vec![a.instance_id.clone(), b.instance_id.clone()];
-    e.provider.stop(&both).await.expect("stop");
+    e.provider.stop(&both, false).await.expect("stop");
     wait_state(&e, &a.instance_id, InstanceState::Stopped).await;
     wait_state(&e, &b.instance_id, InstanceState::Stopped).await;
     assert_eq!(e.proxy.seen("StopInstances").len(), 1, "one call for the batch");
     // Stopping what is stopped is success; a stopped instance keeps its tags (describe finds it).
-    e.provider.stop(std::slice::from_ref(&a.instance_id)).await.expect("stop again");
+    e.provider.stop(std::slice::from_ref(&a.instance_id), false).await.expect("stop again");
 
     // No capacity to start: the caller is told so, nothing is running.
     e.proxy.inject("StartInstances", "InsufficientInstanceCapacity", 500, 1);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    Filter, HibernationOptionsRequest, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
     InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, MarketType,
     ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeState, VolumeType,
 };
@@ -502,6 +502,9 @@ impl Ec2Provider {
                             .build(),
                     );
                 }
+                if spec.hibernate && !spot {
+                    req = req.hibernation_options(HibernationOptionsRequest::builder().configured(true).build());
+                }
                 if let Some(sg) = &self.settings.security_group_id {
                     req = req.security_group_ids(sg);
                 }
@@ -643,11 +646,29 @@ impl Provider for Ec2Provider {
         .await
     }
 
-    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
-        self.per_instances("StopInstances", instance_ids, false, |ids| async move {
-            self.client.stop_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
-        })
-        .await
+    async fn stop(&self, instance_ids: &[String], hibernate: bool) -> Result<(), ProvisionError> {
+        let plain = || {
+            self.per_instances("StopInstances", instance_ids, false, |ids| async move {
+                self.client.stop_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
+            })
+        };
+        if !hibernate {
+            return plain().await;
+        }
+        let hibernating = self
+            .per_instances("StopInstances", instance_ids, false, |ids| async move {
+                self.client.stop_instances().set_instance_ids(Some(ids)).hibernate(true).send().await.map(|_| ())
+            })
+            .await;
+        match hibernating {
+            // Not launched for hibernation (the pool's setting changed since), or EC2 cannot
+            // hibernate it now: a plain stop still keeps the VM's first boot.
+            Err(ProvisionError::Invalid(m) | ProvisionError::Other(m) | ProvisionError::InsufficientCapacity(m)) => {
+                tracing::warn!(error = %m, "hibernating stop refused; stopping plainly");
+                plain().await
+            }
+            r => r,
+        }
     }
 
     async fn start(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {

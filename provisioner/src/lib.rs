@@ -112,6 +112,9 @@ pub struct LaunchSpec {
     /// make 200 describe calls). On EC2 the VM id as client token still keeps a repeated
     /// launch from making a second instance.
     pub skip_lookup: bool,
+    /// Launch it able to hibernate (EC2: `HibernationOptions`), so that a stop for the stopped
+    /// tier keeps its memory. On-demand only: a spot or one-time instance cannot be stopped.
+    pub hibernate: bool,
 }
 
 /// Which market an instance is bought in.
@@ -235,8 +238,10 @@ pub trait Provider: Send + Sync {
     /// Terminates the given instances; ids that are already gone are ignored.
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ProvisionError>;
     /// Stops running instances, keeping their volumes and identity (the stopped tier); ids
-    /// already stopping or stopped are success. `NotFound` when one is gone.
-    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError>;
+    /// already stopping or stopped are success. `NotFound` when one is gone. With
+    /// `hibernate`, memory is saved to the root volume where the instance was launched for it;
+    /// where it cannot hibernate, it is stopped plainly.
+    async fn stop(&self, instance_ids: &[String], hibernate: bool) -> Result<(), ProvisionError>;
     /// Starts stopped instances again, with the same volumes and keys; ids already pending or
     /// running are success. `InsufficientCapacity` when the cloud cannot start one now (the
     /// caller falls back to a fresh launch), `NotFound` when one is gone.

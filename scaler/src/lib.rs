@@ -75,6 +75,8 @@ pub struct PoolObservation {
     pub stopped: Vec<IdleVm>,
     /// VMs launched for the stopped tier, booting once or stopping.
     pub initializing: u32,
+    /// Ready or stopped VMs an operator drained, with no task: they will never get one.
+    pub drained: Vec<String>,
 }
 
 impl PoolObservation {
@@ -86,6 +88,7 @@ impl PoolObservation {
             + self.retiring
             + self.stopped.len() as u32
             + self.initializing
+            + self.drained.len() as u32
     }
 }
 
@@ -196,6 +199,8 @@ pub enum ScaleReason {
         /// The stopped target.
         target: u32,
     },
+    /// Drained by an operator while idle or stopped: it would never run a job.
+    Drained,
     /// A rule of another system's policy (the simulator's baselines).
     Baseline(&'static str),
 }
@@ -236,6 +241,7 @@ impl std::fmt::Display for ScaleReason {
                 write!(f, "{idle} idle above the target {target} for longer than the idle timeout")
             }
             ScaleReason::StoppedForQueued => write!(f, "a stopped VM started for a task that found no idle one"),
+            ScaleReason::Drained => write!(f, "drained while idle or stopped"),
             ScaleReason::StoppedBelowTarget { stopped, target, held_back } => {
                 write!(f, "{stopped} stopped of target {target}")?;
                 if *held_back > 0 {
@@ -354,6 +360,10 @@ pub fn plan(pools: &[(PoolObservation, PoolPolicy)], fleet_max: Option<u32>, now
     let mut fleet_total: u32 = pools.iter().map(|(o, _)| o.total()).sum();
     for (seen, policy) in pools {
         let had_queued = !seen.queued.is_empty();
+        for vm_id in &seen.drained {
+            let pool = seen.pool.clone();
+            actions.push(ScaleAction::Terminate { pool, vm_id: vm_id.clone(), reason: ScaleReason::Drained });
+        }
         // One fair order for the pass: idle VMs go to its first tasks, launches to the next.
         let order = fair_order(&seen.queued);
         let obs = assign_queued(seen, &mut actions);
@@ -697,6 +707,19 @@ mod tests {
     fn retires_longest_idle_first() {
         let actions = plan(&[(obs(3, 0, 0), pol(1, None))], None, NOW);
         assert_eq!(retired(&actions), ["vm-2", "vm-1"]);
+    }
+
+    #[test]
+    fn drained_idle_and_stopped_vms_are_retired_and_replaced() {
+        // A drained VM never gets work: it goes at once, even with tasks queued, and the
+        // target is refilled around it (it still counts against the bound until it is gone).
+        let mut o = obs(1, 0, 0);
+        o.drained = vec!["d-ready".into(), "d-stopped".into()];
+        o.queued = queued(1);
+        let actions = plan(&[(o, pol(2, Some(4)))], None, NOW);
+        assert_eq!(retired(&actions), ["d-ready", "d-stopped"]);
+        assert!(actions.iter().any(|a| matches!(a, ScaleAction::Terminate { reason: ScaleReason::Drained, .. })));
+        assert_eq!((for_tasks(&actions), launches(&actions)), (0, 1), "the idle VM serves the task; 4 - 3 left");
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn observe<'a>(key: &str, vms: impl IntoIterator<Item = VmView<'a>>, queued:
                 launched_at_ms: vm.requested_at_ms,
                 outdated: vm.outdated,
             }),
+            VmPhase::Ready | VmPhase::Stopped if vm.draining && !vm.has_task => obs.drained.push(vm.id.to_string()),
             VmPhase::Starting if !vm.has_task => obs.starting += 1,
             VmPhase::Stopped if !vm.draining && !vm.has_task => obs.stopped.push(IdleVm {
                 vm_id: vm.id.to_string(),
@@ -99,14 +100,16 @@ mod tests {
             v("going", VmPhase::Retiring, false, false),
             v("gone", VmPhase::Done, false, false),
             v("cold", VmPhase::Stopped, false, false),
+            v("drained-cold", VmPhase::Stopped, false, true),
             v("init", VmPhase::Initializing, false, false),
             VmView { pool: "other", ..v("x", VmPhase::Ready, false, false) },
         ];
         let o = observe("p", vms, Vec::new());
         assert_eq!(o.idle.iter().map(|i| i.vm_id.as_str()).collect::<Vec<_>>(), ["idle"]);
-        assert_eq!((o.starting, o.busy, o.retiring), (1, 3, 1));
+        assert_eq!((o.starting, o.busy, o.retiring), (1, 2, 1));
+        assert_eq!(o.drained, ["drained", "drained-cold"]);
         assert_eq!(o.stopped.iter().map(|i| i.vm_id.as_str()).collect::<Vec<_>>(), ["cold"]);
         assert_eq!(o.initializing, 1);
-        assert_eq!(o.total(), 8, "stopped VMs count against the bounds");
+        assert_eq!(o.total(), 9, "stopped and drained VMs count against the bounds");
     }
 }

@@ -22,7 +22,7 @@ pub use baselines::{Static, Vmfleet};
 pub use cloud::{Cloud, StoppedModel};
 pub use engine::{Collector, Planner, Sim};
 pub use report::{frontier, plot_svg, price_of, reprice, Outcome, Run, Series};
-pub use trace::{load_trace, Trace, TraceError};
+pub use trace::{load_trace, Bursts, Trace, TraceError};
 
 /// One trace pool as vmfleet would run it.
 #[derive(Debug, Clone)]
@@ -107,21 +107,44 @@ pub struct Candidate {
 }
 
 /// vmfleet's policy as set up; with `sweep`, one point per forecast quantile (applied to every
-/// pool that has a forecast).
+/// pool that has a forecast), and where a pool has a stopped tier, per quantile and scale of
+/// the stopped tier (`min` and `max` of every pool's tier times 0, 0.25, 0.5, 1 or 2; at 0 the
+/// tier and its forecast are off), and one point with neither a warm pool nor a stopped tier.
 pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
-    let qs: Vec<Option<f64>> =
-        if sweep { [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(Some).to_vec() } else { vec![None] };
-    qs.into_iter()
-        .map(|q| {
-            let policies: Vec<PoolPolicy> = setup.pools.iter().map(|p| p.policy.clone()).collect();
+    let tiered = setup.pools.iter().any(|p| p.policy.min_stopped > 0 || p.stopped_forecast.is_some());
+    let grid: Vec<(Option<f64>, Option<f64>)> = match (sweep, tiered) {
+        (false, _) => vec![(None, None)],
+        (true, false) => [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(|q| (Some(q), None)).to_vec(),
+        (true, true) => {
+            [0.0, 0.3, 0.5, 0.8].iter().flat_map(|&q| [0.0, 0.25, 0.5, 1.0, 2.0].map(|s| (Some(q), Some(s)))).collect()
+        }
+    };
+    let mut points: Vec<Candidate> = grid
+        .into_iter()
+        .map(|(q, scale)| {
+            let mut policies: Vec<PoolPolicy> = setup.pools.iter().map(|p| p.policy.clone()).collect();
             let forecasts: Vec<Option<Forecast>> = setup
                 .pools
                 .iter()
                 .map(|p| p.forecast.map(|f| Forecast { quantile: q.unwrap_or(f.quantile), ..f }))
                 .collect();
-            let stopped: Vec<Option<Forecast>> = setup.pools.iter().map(|p| p.stopped_forecast).collect();
+            let mut stopped: Vec<Option<Forecast>> = setup.pools.iter().map(|p| p.stopped_forecast).collect();
+            if let Some(k) = scale {
+                let times = |n: u32| (f64::from(n) * k).round() as u32;
+                for p in &mut policies {
+                    p.min_stopped = times(p.min_stopped);
+                    p.max_stopped = p.max_stopped.map(times);
+                }
+                if k == 0.0 {
+                    stopped = vec![None; stopped.len()];
+                }
+            }
             let fleet_max = setup.fleet_max;
-            let name = q.map_or_else(|| "vmfleet".to_string(), |q| format!("vmfleet:q={q}"));
+            let name = match (q, scale) {
+                (None, _) => "vmfleet".to_string(),
+                (Some(q), None) => format!("vmfleet:q={q}"),
+                (Some(q), Some(k)) => format!("vmfleet:q={q},stopped={k}x"),
+            };
             Candidate {
                 name,
                 family: "vmfleet",
@@ -131,7 +154,38 @@ pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
                 }),
             }
         })
-        .collect()
+        .collect();
+    if sweep {
+        points.push(on_demand(setup));
+    }
+    points
+}
+
+/// vmfleet with no warm pool and no stopped tier: every task gets its own launch, and a VM
+/// that comes up serves the oldest task still waiting (the sweep's cheapest corner).
+fn on_demand(setup: &Setup) -> Candidate {
+    let policies: Vec<PoolPolicy> = setup
+        .pools
+        .iter()
+        .map(|p| PoolPolicy {
+            min_idle: 0,
+            schedules: Vec::new(),
+            scale_factor: 0.0,
+            min_stopped: 0,
+            max_stopped: None,
+            ..p.policy.clone()
+        })
+        .collect();
+    let n = policies.len();
+    let fleet_max = setup.fleet_max;
+    Candidate {
+        name: "vmfleet:on-demand".into(),
+        family: "vmfleet",
+        make: Box::new(move || {
+            Box::new(Vmfleet::new(policies.clone(), vec![None; n], fleet_max).with_stopped(vec![None; n]))
+                as Box<dyn Planner>
+        }),
+    }
 }
 
 /// The points of one baseline family: its default point, or with `sweep` a grid.
@@ -364,6 +418,31 @@ mod tests {
         // Every start failing: the tasks get fresh launches instead, and the failures count.
         let f = run(fixed_starts(1.0));
         assert!(f.start_failures >= 2 && (f.p50_queue_s - 90.0).abs() < 0.5, "{f:?}");
+    }
+
+    #[test]
+    fn the_sweep_of_a_tiered_policy_scales_its_stopped_tier() {
+        let t = one_then_a_burst_of_three();
+        let policy = PoolPolicy { min_stopped: 2, idle_timeout_ms: 600_000, ..PoolPolicy::unnamed() };
+        let setup =
+            Setup { pools: vec![PoolSetup { policy, forecast: None, stopped_forecast: None }], fleet_max: None };
+        let points = vmfleet_candidates(&setup, true);
+        assert_eq!(points.len(), 4 * 5 + 1, "running quantiles times stopped scales, and on demand");
+        let hours = |name: &str| {
+            let c = points.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no point {name}"));
+            Sim::new(&t, fixed_starts(0.0), COLLECTOR, 1).run((c.make)().as_mut(), false).0.stopped_vm_hours
+        };
+        let (off, one, two) =
+            (hours("vmfleet:q=0,stopped=0x"), hours("vmfleet:q=0,stopped=1x"), hours("vmfleet:q=0,stopped=2x"));
+        assert_eq!(off, 0.0, "scale 0: no stopped tier");
+        assert!(one > 1.9 && two > 2.0 * one - 0.2, "twice the tier, about twice its hours: {one} {two}");
+        // Without a stopped tier, the sweep is over the running quantile only.
+        let plain = Setup {
+            pools: vec![PoolSetup { policy: PoolPolicy::unnamed(), forecast: None, stopped_forecast: None }],
+            fleet_max: None,
+        };
+        assert!(vmfleet_candidates(&plain, true).iter().all(|c| !c.name.contains("stopped")));
+        assert_eq!(hours("vmfleet:on-demand"), 0.0);
     }
 
     #[test]

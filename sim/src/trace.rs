@@ -112,9 +112,93 @@ pub fn parse_trace(text: &str, origin: &str) -> Result<Trace, TraceError> {
     Ok(Trace { tasks, pools, projects: projects.len() })
 }
 
+/// How bursty a trace is: tasks that arrive in the same second of the same pool.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Bursts {
+    /// Tasks per burst, mean.
+    pub mean: f64,
+    /// Tasks per burst that 99% of the tasks arrived in a burst no larger than.
+    pub p99_task: u32,
+    /// The largest burst.
+    pub max: u32,
+}
+
+impl Trace {
+    /// The same tasks with every arrival moved down to a multiple of `window_ms`: the work is
+    /// unchanged, and tasks that arrived within one window arrive as one burst.
+    pub fn regrouped(&self, window_ms: i64) -> Trace {
+        let w = window_ms.max(1);
+        let tasks = self.tasks.iter().map(|t| Task { at: t.at.div_euclid(w) * w, ..*t }).collect();
+        Trace { tasks, ..self.clone() }
+    }
+
+    /// The same tasks with each arrival moved later by a stable pseudo-random share of
+    /// `window_ms` (its index hashed with `seed`): bursts are spread out over the window.
+    pub fn spread(&self, window_ms: i64, seed: u64) -> Trace {
+        let w = window_ms.max(1) as u64;
+        let mut tasks: Vec<Task> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                // SplitMix64 of (seed, index): stable across runs and platforms.
+                let mut z = seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                Task { at: t.at + ((z ^ (z >> 31)) % w) as i64, ..*t }
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.at);
+        Trace { tasks, ..self.clone() }
+    }
+
+    /// Its bursts: tasks of one pool arriving in the same second.
+    pub fn bursts(&self) -> Bursts {
+        let mut sizes: HashMap<(usize, i64), u32> = HashMap::new();
+        for t in &self.tasks {
+            *sizes.entry((t.pool, t.at.div_euclid(1000))).or_default() += 1;
+        }
+        let mut v: Vec<u32> = sizes.into_values().collect();
+        v.sort_unstable();
+        let tasks: u64 = v.iter().map(|&n| u64::from(n)).sum();
+        // The burst size at the 99th percentile of tasks (weighted by size, as a task sees it).
+        let (mut seen, mut p99_task) = (0u64, 0);
+        for &n in &v {
+            seen += u64::from(n);
+            p99_task = n;
+            if seen * 100 >= tasks * 99 {
+                break;
+            }
+        }
+        Bursts { mean: tasks as f64 / v.len().max(1) as f64, p99_task, max: v.last().copied().unwrap_or(0) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regrouping_merges_bursts_and_spreading_splits_them_keeping_the_work() {
+        let text = "submitted_at,project,executor,resource_class,docker_layer_caching,duration_s\n\
+            2019-10-07T00:00:00Z,a,machine,medium,false,60\n\
+            2019-10-07T00:00:00Z,b,machine,medium,false,60\n\
+            2019-10-07T00:00:20Z,a,machine,medium,false,60\n\
+            2019-10-07T00:00:59Z,a,machine,medium,false,60\n";
+        let t = parse_trace(text, "t").expect("trace");
+        assert_eq!(t.bursts(), Bursts { mean: 4.0 / 3.0, p99_task: 2, max: 2 });
+        let g = t.regrouped(60_000);
+        assert_eq!(g.bursts(), Bursts { mean: 4.0, p99_task: 4, max: 4 });
+        let s = t.spread(30_000, 7);
+        let work = |x: &Trace| x.tasks.iter().map(|t| t.dur).sum::<i64>();
+        assert_eq!((work(&g), work(&s)), (work(&t), work(&t)), "the same work");
+        assert!(s.tasks.windows(2).all(|w| w[0].at <= w[1].at), "still in arrival order");
+        let (first, last) = (t.tasks[0].at, t.tasks[3].at);
+        assert!(s.tasks.iter().all(|x| x.at >= first && x.at < last + 30_000), "moved later, within the window");
+        assert!(s.bursts().max <= 2);
+        let again: Vec<i64> = t.spread(30_000, 7).tasks.iter().map(|x| x.at).collect();
+        assert_eq!(again, s.tasks.iter().map(|x| x.at).collect::<Vec<_>>(), "stable for a seed");
+    }
 
     #[test]
     fn the_shared_week_trace_loads_and_bad_rows_name_their_line() {

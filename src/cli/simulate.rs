@@ -46,7 +46,16 @@ pub struct SimArgs {
     /// EBS price, USD per GB-month (default: gp3 in us-east-1).
     #[arg(long, default_value_t = 0.08)]
     pub ebs_gb_month: f64,
-    /// Baselines to run the same trace through: `static`, `idle`, `step`, `schedule`.
+    /// Burst sensitivity: move every arrival down to a multiple of this window, so that tasks
+    /// arriving within one window come as one burst (the same work, larger bursts).
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration, conflicts_with = "burst_spread")]
+    pub burst_window: Option<Duration>,
+    /// Burst sensitivity: move every arrival later by a stable pseudo-random share of this
+    /// window (the same work, smaller bursts).
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub burst_spread: Option<Duration>,
+    /// Baselines to run the same trace through: `static`, `idle`, `step`, `schedule`,
+    /// `asg-warm-pool`.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Run a grid of each policy's parameters and print the cost / p95 queue-time frontier.
@@ -104,7 +113,14 @@ pub fn collector(config: &Config) -> Collector {
 /// # Errors
 /// A bad trace, policy file or baseline name.
 pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
-    let trace = vmfleet_sim::load_trace(&args.trace)?;
+    let mut trace = vmfleet_sim::load_trace(&args.trace)?;
+    if let Some(w) = args.burst_window {
+        trace = trace.regrouped(w.as_millis() as i64);
+    }
+    if let Some(w) = args.burst_spread {
+        trace = trace.spread(w.as_millis() as i64, args.seed);
+    }
+    let bursts = trace.bursts();
     let prices: Vec<(String, f64)> = args
         .prices
         .iter()
@@ -140,7 +156,12 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
             results.iter().map(|r| (r.name.clone(), serde_json::to_value(&r.outcome).unwrap_or_default())).collect();
         println!(
             "{}",
-            serde_json::json!({ "trace": args.trace.display().to_string(), "seed": args.seed, "policies": map })
+            serde_json::json!({
+                "trace": args.trace.display().to_string(),
+                "seed": args.seed,
+                "bursts": bursts,
+                "policies": map,
+            })
         );
         return Ok(());
     }
@@ -151,6 +172,10 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
         args.boot_time.as_secs(),
         args.boot_time_p95.as_secs(),
         args.seed
+    );
+    println!(
+        "bursts (tasks of one pool in one second): mean {:.2}, 99% of tasks in bursts of at most {}, largest {}",
+        bursts.mean, bursts.p99_task, bursts.max
     );
     if let Some(o) = results.first().map(|r| &r.outcome) {
         println!(
@@ -231,6 +256,30 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        not_beaten(&results);
     }
     Ok(())
+}
+
+/// Names every baseline point that no vmfleet point beats on both p95 queue time and cost.
+fn not_beaten(results: &[Run]) {
+    let ours: Vec<&Run> = results.iter().filter(|r| r.family == "vmfleet").collect();
+    let theirs: Vec<&Run> = results.iter().filter(|r| r.family != "vmfleet").collect();
+    if theirs.is_empty() {
+        return;
+    }
+    let open: Vec<&&Run> = theirs
+        .iter()
+        .filter(|b| {
+            !ours.iter().any(|v| v.outcome.p95_queue_s < b.outcome.p95_queue_s && v.outcome.cost < b.outcome.cost)
+        })
+        .collect();
+    if open.is_empty() {
+        println!("\nEvery baseline point is beaten on both p95 and cost by some vmfleet point.");
+    } else {
+        println!("\nBaseline points no vmfleet point beats on both p95 and cost ({} of {}):", open.len(), theirs.len());
+        for r in open {
+            println!("  {:<36} p95 {:>7.1} s   ${:>8.0}", r.name, r.outcome.p95_queue_s, r.outcome.cost);
+        }
+    }
 }

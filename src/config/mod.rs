@@ -439,6 +439,12 @@ pub struct StoppedConfig {
     /// Raises the stopped target to a forecast of what arrives within a fresh boot.
     #[serde(default)]
     pub forecast: Option<ForecastConfig>,
+    /// Launch the tier's VMs able to hibernate and hibernate them (EC2), so that a start
+    /// resumes memory rather than booting the OS again. EC2 needs an instance type and AMI that
+    /// support it and an encrypted root volume as large as the RAM; where a stop cannot
+    /// hibernate, it is a plain stop.
+    #[serde(default)]
+    pub hibernate: bool,
 }
 
 /// Forecast-driven warm target of a pool.

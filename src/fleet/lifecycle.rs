@@ -122,7 +122,8 @@ impl Fleet {
     /// next pass, which sees the instance still running.
     pub(super) async fn stop_instance(&self, vm: &VmRow) {
         let Some(instance) = &vm.instance_id else { return };
-        if let Err(e) = self.provider.stop(std::slice::from_ref(instance)).await {
+        let hibernate = self.pool_config(&vm.pool).and_then(|p| p.stopped).is_some_and(|s| s.hibernate);
+        if let Err(e) = self.provider.stop(std::slice::from_ref(instance), hibernate).await {
             warn!(vm = %vm.id, error = %e, "stopping the instance; the next pass retries");
         }
     }

@@ -165,6 +165,13 @@ impl Fleet {
 
     async fn launch_one(&self, vm: &VmRow) -> Result<(), FleetError> {
         let pool = self.pool_config(&vm.pool);
+        // A stopped-tier VM is on demand: a one-time spot instance cannot be stopped.
+        let capacity = if vm.stop_after_boot {
+            vmfleet_provisioner::Capacity::OnDemand
+        } else {
+            pool.as_ref().map(|p| p.capacity).unwrap_or_default()
+        };
+        let hibernate = vm.stop_after_boot && pool.as_ref().and_then(|p| p.stopped).is_some_and(|s| s.hibernate);
         let spec = LaunchSpec {
             vm_id: vm.id.clone(),
             install_id: self.install_id.clone(),
@@ -172,12 +179,13 @@ impl Fleet {
             image_id: vm.image_id.clone(),
             instance_type: vm.instance_type.clone(),
             fallback_instance_types: self.instance_types(&vm.pool, &vm.resource_class).split_off(1),
-            capacity: pool.as_ref().map(|p| p.capacity).unwrap_or_default(),
+            capacity,
             platform: if vm.platform == "windows" { Platform::Windows } else { Platform::Linux },
             ssh_user: vm.ssh_user.clone(),
             ssh_public_key: vm.ssh_public_key.clone(),
             tags: self.config.provider.tags.clone(),
             skip_lookup: true,
+            hibernate,
         };
         match self.provider.launch(&spec).await {
             Ok(inst) => {

@@ -491,14 +491,9 @@ impl Jobs {
     /// error says why it may not have them (a context deleted or restricted since submission).
     async fn job_secrets(&self, job: &JobRow, plan: &Plan) -> Result<JobSecrets, Outcome> {
         // An unreachable store is retried while the claim is renewed, as the task's end is.
-        use backon::{ExponentialBuilder, Retryable};
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(60)
-            .with_jitter();
+        use backon::Retryable;
         let mut s = (|| self.secrets.for_job(&job.project, &plan.spec.contexts))
-            .retry(policy)
+            .retry(db_backoff(60))
             .when(|e| matches!(e, SecretsError::Store(StoreError::Db(_))))
             .notify(|e, wait| warn!(job = %job.id, error = %e, ?wait, "could not read the job's secrets; retrying"))
             .await
@@ -598,14 +593,9 @@ impl Jobs {
         let reason = outcome.reason.as_deref();
         // The claim stays renewed while this retries (the task is still ours), so an unreachable
         // store delays the record of the outcome instead of running the task again.
-        use backon::{ExponentialBuilder, Retryable};
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(120)
-            .with_jitter();
+        use backon::Retryable;
         let ended = (|| store.finish_job_task(&t.id, &self.owner, outcome.state, outcome.exit_code, reason, now_ms()))
-            .retry(policy)
+            .retry(db_backoff(120))
             .when(|e| matches!(e, StoreError::Db(_)))
             .notify(|e, wait| warn!(task = %t.id, error = %e, ?wait, "could not record the task's end; retrying"))
             .await;
@@ -615,6 +605,39 @@ impl Jobs {
             Err(e) => warn!(task = %t.id, error = %e, "could not record the task's end; the claim will expire"),
         }
     }
+}
+
+/// Backoff for a job's store calls through a database outage: up to about `times` × 5 s.
+fn db_backoff(times: usize) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(times)
+        .with_jitter()
+}
+
+/// A store call of a running job, retried while the database is unreachable (the claim stays
+/// renewed meanwhile, so the job waits out an outage rather than failing); `what` names it in
+/// the log and in the error that ends the job if the outage outlasts about five minutes.
+async fn db_retry<T, F, Fut>(job: &str, what: &str, f: F) -> Result<T, Outcome>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    retry_db(job, what, f).await.map_err(|e| Outcome::infra(format!("{what}: {e}")))
+}
+
+/// [`db_retry`], keeping the store's error for the caller.
+async fn retry_db<T, F, Fut>(job: &str, what: &str, f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    use backon::Retryable;
+    f.retry(db_backoff(60))
+        .when(|e| matches!(e, StoreError::Db(_)))
+        .notify(|e, wait| warn!(job, error = %e, ?wait, "{what}: the store is unreachable; retrying"))
+        .await
 }
 
 /// New output of a job since `cursors` ((task, attempt) → last sequence read), in order per

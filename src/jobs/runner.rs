@@ -56,8 +56,12 @@ impl Run<'_> {
         };
         // Intent first: a requeue after this process dies releases the task by this id.
         let id = format!("task-{}", short_id());
-        if fleet.store.set_job_fleet_task(&self.task.id, &self.jobs.owner, &id, remote).await.is_err() {
-            return Err(Self::abort_outcome(Abort::ClaimLost));
+        let (task, owner) = (&self.task.id, &self.jobs.owner);
+        let set = || fleet.store.set_job_fleet_task(task, owner, &id, remote);
+        match super::retry_db(task, "recording the VM task", set).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(Self::abort_outcome(Abort::ClaimLost)),
+            Err(e) => return Err(Outcome::infra(format!("recording the VM task: {e}"))),
         }
         let ft = fleet.request_task_as(&req, id).await.map_err(|e| Outcome::infra(format!("asking for a VM: {e}")))?;
         self.held.push(ft.id.clone());
@@ -426,8 +430,9 @@ impl Run<'_> {
         let vm = self.vm(&ask, true).await?;
         let fleet = self.jobs.fleet.clone();
         let remote_task = vm.task_id.clone().unwrap_or_default();
-        let t = fleet.store.task(&remote_task).await.map_err(|e| Outcome::infra(e.to_string()))?;
-        let ca = fleet.store.docker_ca_stored().await.map_err(|e| Outcome::infra(e.to_string()))?;
+        let job = &self.job.id;
+        let t = super::db_retry(job, "reading the remote Docker task", || fleet.store.task(&remote_task)).await?;
+        let ca = super::db_retry(job, "reading the Docker CA", || fleet.store.docker_ca_stored()).await?;
         let (Some(cert), Some(key), Some(ca)) = (t.docker_client_cert, t.docker_client_key, ca) else {
             return Err(Outcome::infra("the remote Docker VM came without TLS files"));
         };

@@ -58,13 +58,11 @@ impl Run<'_> {
     /// Puts `circleci tests glob|split` on the VM's `PATH` (through the steps' `BASH_ENV`), with
     /// the timing data of this job's previous run.
     pub(super) async fn install_tools(&self, session: &Session, deadline: tokio::time::Instant) -> Result<(), Outcome> {
-        let previous = self
-            .jobs
-            .fleet
-            .store
-            .previous_test_results(&self.job.project, &self.job.name, &self.job.id)
-            .await
-            .map_err(|e| Outcome::infra(e.to_string()))?;
+        let store = &self.jobs.fleet.store;
+        let previous = super::db_retry(&self.job.id, "reading the previous run's test timings", || {
+            store.previous_test_results(&self.job.project, &self.job.name, &self.job.id)
+        })
+        .await?;
         let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
         let mut timings = String::new();
         for r in &previous {
@@ -270,7 +268,7 @@ impl Run<'_> {
             created_at: now_ms(),
             last_used_at: now_ms(),
         };
-        if store.insert_cache(&row).await.map_err(|e| Outcome::infra(e.to_string()))? {
+        if super::db_retry(&self.job.id, "recording the cache", || store.insert_cache(&row)).await? {
             self.out.sys(idx, &format!("saved cache {key} ({size} bytes)"));
         } else {
             // Another task saved the same key meanwhile: theirs stays, ours goes.
@@ -299,10 +297,10 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let db = |e: crate::store::StoreError| Outcome::infra(e.to_string());
-            let hit = match store.cache_exact(&project, &key).await.map_err(db)? {
+            let job = &self.job.id;
+            let hit = match super::db_retry(job, "looking up the cache", || store.cache_exact(&project, &key)).await? {
                 Some(c) => Some(c),
-                None => store.cache_by_prefix(&project, &key).await.map_err(db)?,
+                None => super::db_retry(job, "looking up the cache", || store.cache_by_prefix(&project, &key)).await?,
             };
             let Some(cache) = hit else {
                 tried.push(key);
@@ -455,7 +453,8 @@ impl Run<'_> {
             size,
             created_at: now_ms(),
         };
-        self.jobs.fleet.store.insert_workspace_layer(&row).await.map_err(|e| Outcome::infra(e.to_string()))?;
+        let store = &self.jobs.fleet.store;
+        super::db_retry(&self.job.id, "recording the workspace layer", || store.insert_workspace_layer(&row)).await?;
         self.out.sys(idx, &format!("persisted {} to the workspace ({size} bytes)", paths.join(", ")));
         Ok(StepResult::Exited(0))
     }
@@ -463,7 +462,8 @@ impl Run<'_> {
     /// The jobs this one requires, directly or not, in its workflow.
     async fn upstream(&self) -> Result<Vec<String>, Outcome> {
         let Some(w) = &self.job.workflow_id else { return Ok(Vec::new()) };
-        let nodes = self.jobs.fleet.store.workflow_nodes(w).await.map_err(|e| Outcome::infra(e.to_string()))?;
+        let store = &self.jobs.fleet.store;
+        let nodes = super::db_retry(&self.job.id, "reading the workflow", || store.workflow_nodes(w)).await?;
         let by_name: std::collections::HashMap<&str, &crate::store::WorkflowJobRow> =
             nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         let me = nodes.iter().find(|n| n.job_id.as_deref() == Some(self.job.id.as_str()));
@@ -492,8 +492,9 @@ impl Run<'_> {
         deadline: tokio::time::Instant,
     ) -> Result<StepResult, Outcome> {
         let upstream = self.upstream().await?;
+        let store = &self.jobs.fleet.store;
         let layers =
-            self.jobs.fleet.store.workspace_layers(&upstream).await.map_err(|e| Outcome::infra(e.to_string()))?;
+            super::db_retry(&self.job.id, "reading the workspace", || store.workspace_layers(&upstream)).await?;
         if layers.is_empty() {
             self.out.sys(idx, "attach_workspace: no job this one requires persisted anything");
             return Ok(StepResult::Exited(0));
@@ -619,7 +620,8 @@ impl Run<'_> {
                 size: len,
                 created_at: now_ms(),
             };
-            self.jobs.fleet.store.insert_artifact(&row).await.map_err(|e| Outcome::infra(e.to_string()))?;
+            let store = &self.jobs.fleet.store;
+            super::db_retry(&self.job.id, "recording the artifact", || store.insert_artifact(&row)).await?;
             stored += len as u64;
         }
         self.out.sys(idx, &format!("stored {} artifact(s) from {path} ({stored} bytes)", files.len()));
@@ -680,7 +682,8 @@ impl Run<'_> {
             count("error"),
             count("skipped")
         );
-        self.jobs.fleet.store.insert_test_results(&rows).await.map_err(|e| Outcome::infra(e.to_string()))?;
+        let store = &self.jobs.fleet.store;
+        super::db_retry(&self.job.id, "recording the test results", || store.insert_test_results(&rows)).await?;
         self.out.sys(idx, &summary);
         Ok(StepResult::Exited(0))
     }

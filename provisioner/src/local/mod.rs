@@ -351,7 +351,8 @@ impl Provider for LocalProvider {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn stop(&self, instance_ids: &[String]) -> Result<(), ProvisionError> {
+    /// The local agent has no memory image to keep: a hibernating stop is a plain one.
+    async fn stop(&self, instance_ids: &[String], _hibernate: bool) -> Result<(), ProvisionError> {
         instance_ids.iter().try_for_each(|id| self.stop_one(id))
     }
 
