@@ -647,25 +647,20 @@ impl Provider for Ec2Provider {
     }
 
     async fn stop(&self, instance_ids: &[String], hibernate: bool) -> Result<(), ProvisionError> {
-        let plain = || {
-            self.per_instances("StopInstances", instance_ids, false, |ids| async move {
-                self.client.stop_instances().set_instance_ids(Some(ids)).send().await.map(|_| ())
+        let stop = |hibernate: bool| {
+            self.per_instances("StopInstances", instance_ids, false, move |ids| async move {
+                let req = self.client.stop_instances().set_instance_ids(Some(ids));
+                req.set_hibernate(hibernate.then_some(true)).send().await.map(|_| ())
             })
         };
-        if !hibernate {
-            return plain().await;
-        }
-        let hibernating = self
-            .per_instances("StopInstances", instance_ids, false, |ids| async move {
-                self.client.stop_instances().set_instance_ids(Some(ids)).hibernate(true).send().await.map(|_| ())
-            })
-            .await;
-        match hibernating {
+        match stop(hibernate).await {
             // Not launched for hibernation (the pool's setting changed since), or EC2 cannot
             // hibernate it now: a plain stop still keeps the VM's first boot.
-            Err(ProvisionError::Invalid(m) | ProvisionError::Other(m) | ProvisionError::InsufficientCapacity(m)) => {
+            Err(ProvisionError::Invalid(m) | ProvisionError::Other(m) | ProvisionError::InsufficientCapacity(m))
+                if hibernate =>
+            {
                 tracing::warn!(error = %m, "hibernating stop refused; stopping plainly");
-                plain().await
+                stop(false).await
             }
             r => r,
         }
