@@ -315,14 +315,27 @@ async fn a_warm_vm_that_comes_up_serves_the_oldest_task_waiting_for_a_boot(s: St
     s.request_task(&older, &older_vm, None).await.expect("request");
     let newer = task("p", false);
     s.request_task(&newer, &vm_row(POOL, "provisioning", Some(&newer.id)), None).await.expect("request");
-    let warm = vm_row(POOL, "booting", None);
+    // It was launched for the stopped tier: serving a task, it is not stopped after its boot.
+    let mut warm = vm_row(POOL, "booting", None);
+    warm.stop_after_boot = true;
     s.insert_vm(&warm).await.expect("warm");
     assert_eq!(s.give_to_waiting_task(&warm.id, POOL).await.expect("give"), Some(older.id.clone()));
     let w = s.vm(&warm.id).await.expect("vm");
-    assert_eq!((w.task_id.as_deref(), w.preallocated), (Some(older.id.as_str()), false));
+    assert_eq!((w.task_id.as_deref(), w.preallocated, w.stop_after_boot), (Some(older.id.as_str()), false, false));
     assert_eq!(s.task(&older.id).await.expect("task").vm_id.as_deref(), Some(warm.id.as_str()));
     let freed = s.vm(&older_vm.id).await.expect("vm");
     assert_eq!((freed.task_id, freed.preallocated, freed.state.as_str()), (None, true, "booting"), "now a warm VM");
+    // The freed VM's own readiness check, having read the VM before, comes up late: it may not
+    // hand the task a second VM.
+    let late = s.hand_over(&older.id, &older_vm.id, now_ms()).await;
+    assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
+    let (t, freed) = (s.task(&older.id).await.expect("task"), s.vm(&older_vm.id).await.expect("vm"));
+    assert_eq!(
+        (t.state.as_str(), t.vm_id.as_deref(), freed.state.as_str()),
+        ("waiting", Some(warm.id.as_str()), "booting")
+    );
+    s.hand_over(&older.id, &warm.id, now_ms()).await.expect("the VM that took it hands it over");
+    assert_eq!(s.vm(&warm.id).await.expect("vm").state, "assigned");
     // Another pool's VM, or one with nobody waiting, takes nothing.
     let other = vm_row("machine/default/large", "booting", None);
     s.insert_vm(&other).await.expect("other");

@@ -77,6 +77,11 @@ impl Fleet {
         }
         let now = self.now();
         self.metrics.provisioning_duration.observe((now - vm.start_clock()) as f64 / 1000.0);
+        // Read again: while this one booted, a VM that booted first may have taken its task.
+        let vm = self.store.vm(vm_id).await?;
+        if vm.vm_state() != Some(VmState::Booting) {
+            return Ok(());
+        }
         match &vm.task_id {
             Some(_) => self.hand_over(&vm).await,
             None => {
@@ -218,7 +223,16 @@ impl Fleet {
             self.store.set_docker_client(task_id, &client.cert, &client.key).await?;
         }
         let now = self.now();
-        self.store.hand_over(task_id, &vm.id, now).await?;
+        match self.store.hand_over(task_id, &vm.id, now).await {
+            Ok(()) => {}
+            // Another VM took the task meanwhile: this one is checked again by the next pass,
+            // without the task.
+            Err(StoreError::Conflict(m)) => {
+                info!(vm = %vm.id, task = %task_id, "not handed over: {m}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.metrics.assignment_latency.observe((now - task.created_at) as f64 / 1000.0);
         info!(vm = %vm.id, task = %task_id, "handed over");
         Ok(())

@@ -94,31 +94,41 @@ impl Store {
     /// `assigned`, the task `assigned`.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when the task is no longer waiting.
+    /// [`StoreError::Conflict`] when the task is no longer waiting, or the VM no longer holds
+    /// it (a VM that booted first took the task meanwhile).
     pub async fn hand_over(&self, task_id: &str, vm_id: &str, now: i64) -> Result<(), StoreError> {
         let changed = in_tx!(&self.db, |tx| {
-            let t = execute_in!(
+            // The VM first, and only while it still holds the task: a check that read the VM
+            // before another took its task must not hand the task a second VM.
+            let v = execute_in!(
                 tx,
-                "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1 AND state = 'waiting'",
-                task_id,
+                "UPDATE vms SET state = 'assigned', assigned_at = COALESCE(assigned_at, $3), state_since = $3 \
+                 WHERE id = $1 AND task_id = $2 AND state IN ('booting','ready','assigned')",
                 vm_id,
+                task_id,
                 now
             );
-            if t == 1 {
+            let t = if v == 1 {
                 execute_in!(
                     tx,
-                    "UPDATE vms SET state = 'assigned', assigned_at = COALESCE(assigned_at, $2), state_since = $2 \
-                     WHERE id = $1 AND state IN ('booting','ready','assigned')",
+                    "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1 AND state = 'waiting'",
+                    task_id,
                     vm_id,
                     now
-                );
+                )
+            } else {
+                0
+            };
+            if v == 1 && t != 1 {
+                // Not waiting any more: leave the VM as it was (the transaction is undone).
+                return Err(StoreError::Conflict(format!("task {task_id} is no longer waiting")));
             }
             t
         });
         if changed == 1 {
             Ok(())
         } else {
-            Err(StoreError::Conflict(format!("task {task_id} is no longer waiting")))
+            Err(StoreError::Conflict(format!("task {task_id} is no longer waiting for vm {vm_id}")))
         }
     }
 

@@ -101,7 +101,13 @@ impl Store {
                 if freed != 1 {
                     continue;
                 }
-                let taken = execute_in!(tx, "UPDATE vms SET task_id = $2, preallocated = FALSE WHERE id = $1 AND task_id IS NULL AND state = 'booting'", vm_id, task);
+                let taken = execute_in!(
+                    tx,
+                    "UPDATE vms SET task_id = $2, preallocated = FALSE, stop_after_boot = FALSE \
+                     WHERE id = $1 AND task_id IS NULL AND state = 'booting'",
+                    vm_id,
+                    task
+                );
                 if taken == 1 {
                     execute_in!(tx, "UPDATE tasks SET vm_id = $2 WHERE id = $1", task, vm_id);
                     given = Some(task.clone());
