@@ -106,22 +106,42 @@ pub struct Candidate {
     pub make: Box<dyn Fn() -> Box<dyn Planner> + Send + Sync>,
 }
 
+/// The pools whose expected boot is longer than the trace's average boot per task (Windows and
+/// GPU with the simulator's boot factors): where a start saves the most over a fresh boot.
+pub fn slow_pools(trace: &Trace, cloud: &Cloud) -> Vec<bool> {
+    let boots: Vec<f64> = trace.pools.iter().map(|p| cloud.mean_boot_ms(p)).collect();
+    let mean = trace.tasks.iter().map(|t| boots[t.pool]).sum::<f64>() / trace.tasks.len().max(1) as f64;
+    boots.iter().map(|&b| b > mean * 1.000_001).collect()
+}
+
 /// vmfleet's policy as set up; with `sweep`, one point per forecast quantile (applied to every
 /// pool that has a forecast), and where a pool has a stopped tier, per quantile and scale of
 /// the stopped tier (`min` and `max` of every pool's tier times 0, 0.25, 0.5, 1 or 2; at 0 the
-/// tier and its forecast are off), and one point with neither a warm pool nor a stopped tier.
-pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
-    let tiered = setup.pools.iter().any(|p| p.policy.min_stopped > 0 || p.stopped_forecast.is_some());
-    let grid: Vec<(Option<f64>, Option<f64>)> = match (sweep, tiered) {
-        (false, _) => vec![(None, None)],
-        (true, false) => [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(|q| (Some(q), None)).to_vec(),
-        (true, true) => {
-            [0.0, 0.3, 0.5, 0.8].iter().flat_map(|&q| [0.0, 0.25, 0.5, 1.0, 2.0].map(|s| (Some(q), Some(s)))).collect()
-        }
+/// tier and its forecast are off), the small budgets again with the tier kept only in the
+/// `slow` pools (quantiles 0 and 0.3, scales 0.25, 0.5 and 1: a stopped VM saves a boot minus
+/// a start, which is largest where boots are slowest), and one point with neither a warm pool
+/// nor a stopped tier.
+pub fn vmfleet_candidates(setup: &Setup, sweep: bool, slow: &[bool]) -> Vec<Candidate> {
+    let tier = |p: &PoolSetup| p.policy.min_stopped > 0 || p.stopped_forecast.is_some();
+    let tiered = setup.pools.iter().any(tier);
+    let is_slow = |i: usize| slow.get(i).copied().unwrap_or(false);
+    // Slow-only points differ from the plain ones only where both kinds of pool have a tier.
+    let split = setup.pools.iter().enumerate().any(|(i, p)| tier(p) && is_slow(i))
+        && setup.pools.iter().enumerate().any(|(i, p)| tier(p) && !is_slow(i));
+    let mut grid: Vec<(Option<f64>, Option<f64>, bool)> = match (sweep, tiered) {
+        (false, _) => vec![(None, None, false)],
+        (true, false) => [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0].map(|q| (Some(q), None, false)).to_vec(),
+        (true, true) => [0.0, 0.3, 0.5, 0.8]
+            .iter()
+            .flat_map(|&q| [0.0, 0.25, 0.5, 1.0, 2.0].map(|s| (Some(q), Some(s), false)))
+            .collect(),
     };
+    if sweep && split {
+        grid.extend([0.0, 0.3].iter().flat_map(|&q| [0.25, 0.5, 1.0].map(|s| (Some(q), Some(s), true))));
+    }
     let mut points: Vec<Candidate> = grid
         .into_iter()
-        .map(|(q, scale)| {
+        .map(|(q, scale, slow_only)| {
             let mut policies: Vec<PoolPolicy> = setup.pools.iter().map(|p| p.policy.clone()).collect();
             let forecasts: Vec<Option<Forecast>> = setup
                 .pools
@@ -130,19 +150,20 @@ pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
                 .collect();
             let mut stopped: Vec<Option<Forecast>> = setup.pools.iter().map(|p| p.stopped_forecast).collect();
             if let Some(k) = scale {
-                let times = |n: u32| (f64::from(n) * k).round() as u32;
-                for p in &mut policies {
-                    p.min_stopped = times(p.min_stopped);
-                    p.max_stopped = p.max_stopped.map(times);
-                }
-                if k == 0.0 {
-                    stopped = vec![None; stopped.len()];
+                for (i, p) in policies.iter_mut().enumerate() {
+                    let k_here = if slow_only && !is_slow(i) { 0.0 } else { k };
+                    p.min_stopped = scaled(p.min_stopped, k_here);
+                    p.max_stopped = p.max_stopped.map(|n| scaled(n, k_here));
+                    if k_here == 0.0 {
+                        stopped[i] = None;
+                    }
                 }
             }
             let fleet_max = setup.fleet_max;
             let name = match (q, scale) {
                 (None, _) => "vmfleet".to_string(),
                 (Some(q), None) => format!("vmfleet:q={q}"),
+                (Some(q), Some(k)) if slow_only => format!("vmfleet:q={q},stopped={k}x-slow"),
                 (Some(q), Some(k)) => format!("vmfleet:q={q},stopped={k}x"),
             };
             Candidate {
@@ -159,6 +180,10 @@ pub fn vmfleet_candidates(setup: &Setup, sweep: bool) -> Vec<Candidate> {
         points.push(on_demand(setup));
     }
     points
+}
+
+fn scaled(n: u32, k: f64) -> u32 {
+    (f64::from(n) * k).round() as u32
 }
 
 /// vmfleet with no warm pool and no stopped tier: every task gets its own launch, and a VM
@@ -426,7 +451,7 @@ mod tests {
         let policy = PoolPolicy { min_stopped: 2, idle_timeout_ms: 600_000, ..PoolPolicy::unnamed() };
         let setup =
             Setup { pools: vec![PoolSetup { policy, forecast: None, stopped_forecast: None }], fleet_max: None };
-        let points = vmfleet_candidates(&setup, true);
+        let points = vmfleet_candidates(&setup, true, &[]);
         assert_eq!(points.len(), 4 * 5 + 1, "running quantiles times stopped scales, and on demand");
         let hours = |name: &str| {
             let c = points.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no point {name}"));
@@ -441,8 +466,54 @@ mod tests {
             pools: vec![PoolSetup { policy: PoolPolicy::unnamed(), forecast: None, stopped_forecast: None }],
             fleet_max: None,
         };
-        assert!(vmfleet_candidates(&plain, true).iter().all(|c| !c.name.contains("stopped")));
+        assert!(vmfleet_candidates(&plain, true, &[]).iter().all(|c| !c.name.contains("stopped")));
         assert_eq!(hours("vmfleet:on-demand"), 0.0);
+    }
+
+    #[test]
+    fn the_sweep_keeps_small_tiers_in_the_slow_pools_only_too() {
+        let pool = |min_stopped| PoolSetup {
+            policy: PoolPolicy { min_stopped, ..PoolPolicy::unnamed() },
+            forecast: None,
+            stopped_forecast: None,
+        };
+        let setup = Setup { pools: vec![pool(8), pool(4)], fleet_max: None };
+        let names = |slow: &[bool]| -> Vec<String> {
+            vmfleet_candidates(&setup, true, slow).into_iter().map(|c| c.name).collect()
+        };
+        assert_eq!(names(&[]).len(), 4 * 5 + 1, "no slow pool: the plain grid");
+        assert_eq!(names(&[true, true]).len(), 4 * 5 + 1, "every pool slow: the same grid");
+        let both = names(&[false, true]);
+        assert_eq!(both.len(), 4 * 5 + 1 + 2 * 3, "{both:?}");
+        assert!(both.contains(&"vmfleet:q=0.3,stopped=0.5x-slow".to_string()), "{both:?}");
+        // The slow-only point keeps no stopped VM in the fast pool: a trace of the fast pool
+        // only pays no stopped hours there, and the plain point does.
+        let t = one_then_a_burst_of_three();
+        let run = |name: &str| {
+            let c = vmfleet_candidates(&setup, true, &[false, true]).into_iter().find(|c| c.name == name).expect(name);
+            Sim::new(&t, fixed_starts(0.0), COLLECTOR, 1).run((c.make)().as_mut(), false).0.stopped_vm_hours
+        };
+        assert_eq!(run("vmfleet:q=0,stopped=1x-slow"), 0.0);
+        assert!(run("vmfleet:q=0,stopped=1x") > 1.0);
+    }
+
+    #[test]
+    fn slow_pools_are_those_that_boot_slower_than_the_average_task() {
+        let cloud = Cloud::new(Duration::from_secs(90), Duration::from_secs(180), 0.0);
+        let pools = [
+            "machine/default/medium",
+            "machine/windows-default/windows.medium",
+            "machine/gpu-default/gpu.nvidia.small",
+        ];
+        let task = |pool| Task { at: 0, project: 0, pool, dlc: false, dur: 60_000 };
+        let t = Trace {
+            tasks: vec![task(0), task(0), task(0), task(0), task(1), task(2)],
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            projects: 1,
+        };
+        assert_eq!(slow_pools(&t, &cloud), [false, true, true]);
+        let only_one = Trace { tasks: vec![task(0)], pools: vec![pools[0].to_string()], projects: 1 };
+        assert_eq!(slow_pools(&only_one, &cloud), [false], "one pool is never slower than itself");
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub fn simulate(args: &SimArgs) -> anyhow::Result<()> {
     });
     let collector = collector(&config);
     let setup = setup(&trace, &config, args.policy.as_deref())?;
-    let mut candidates = vmfleet_sim::vmfleet_candidates(&setup, args.sweep);
+    let slow = vmfleet_sim::slow_pools(&trace, &cloud);
+    let mut candidates = vmfleet_sim::vmfleet_candidates(&setup, args.sweep, &slow);
     let sh = vmfleet_sim::shares(&trace);
     for b in &args.compare {
         candidates.extend(vmfleet_sim::baseline_candidates(b.trim(), &sh, args.sweep)?);
