@@ -409,3 +409,31 @@ fn vmfleet_run_runs_a_shared_configs_machine_job_with_no_server() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the-volte__dlc.yml:19: step aws-ecr/build-image comes from the orb aws-ecr"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_asked_for_again_under_the_same_task_id_is_not_asked_for_twice() {
+    let f = fleet().await;
+    let fleet = &f.running.fleet;
+    let req = vmfleet::fleet::TaskRequest {
+        executor: "machine".into(),
+        image: "default".into(),
+        resource_class: "medium".into(),
+        project: "gh/acme/again".into(),
+        docker_layer_caching: false,
+    };
+    // A retry after an answer lost past the commit: the same id and request.
+    let first = fleet.request_task_as(&req, "task-again".into()).await.expect("first");
+    let again = fleet.request_task_as(&req, "task-again".into()).await.expect("asked again");
+    assert_eq!((again.id.as_str(), again.pool.as_str()), (first.id.as_str(), first.pool.as_str()));
+    let tasks = fleet.store.tasks(None, 100).await.expect("tasks");
+    assert_eq!(tasks.iter().filter(|t| t.id == "task-again").count(), 1, "{tasks:?}");
+    let vms = fleet.store.vms(&[]).await.expect("vms");
+    let held: Vec<_> = vms.iter().filter(|v| v.task_id.as_deref() == Some("task-again")).collect();
+    assert_eq!(held.len(), 1, "one VM for the task, not one per ask: {vms:?}");
+    // The same id for another request is refused and changes nothing.
+    let other = vmfleet::fleet::TaskRequest { project: "gh/acme/other".into(), ..req.clone() };
+    let err = fleet.request_task_as(&other, "task-again".into()).await.expect_err("another request");
+    assert!(matches!(err, vmfleet::fleet::FleetError::Conflict(_)), "{err}");
+    assert_eq!(fleet.store.task("task-again").await.expect("task").project, "gh/acme/again");
+    fleet.release_task("task-again").await.expect("release");
+}

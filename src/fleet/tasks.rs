@@ -14,7 +14,8 @@ impl Fleet {
     }
 
     /// [`Fleet::request_task`] under an id the caller chose (and recorded first, so a crash
-    /// between the two leaves nothing unknown).
+    /// between the two leaves nothing unknown). Asking again with the same id and request
+    /// returns the task as recorded, and asks for nothing more.
     ///
     /// # Errors
     /// As [`Fleet::request_task`].
@@ -23,10 +24,20 @@ impl Fleet {
             FleetError::BadRequest(format!("unknown executor {:?}; use machine or remote-docker", req.executor))
         })?;
         validate_project(&req.project)?;
+        let pool = pool_key(executor.as_str(), &req.image, &req.resource_class);
+        // The id is the idempotency token: a retry after a lost answer gets the recorded task.
+        match self.store.task(&id).await {
+            Ok(t) if t.pool == pool && t.project == req.project && t.dlc == req.docker_layer_caching => return Ok(t),
+            Ok(t) => {
+                return Err(FleetError::Conflict(format!("task {} is recorded for another request ({})", t.id, t.pool)))
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let now = self.now();
         let task = TaskRow {
             id,
-            pool: pool_key(executor.as_str(), &req.image, &req.resource_class),
+            pool,
             executor: executor.as_str().into(),
             image: req.image.clone(),
             resource_class: req.resource_class.clone(),

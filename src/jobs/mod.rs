@@ -30,9 +30,9 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use vmfleet_images::Executor as FleetExecutor;
 
-use crate::fleet::{pool_key, tokio_util_shutdown::Shutdown, Fleet, FleetError};
+use crate::fleet::{pool_key, tokio_util_shutdown::Shutdown, Fleet, FleetError, TaskRequest};
 use crate::secrets::{JobSecrets, Secrets, SecretsError};
-use crate::store::{now_ms, short_id, JobRow, JobTaskRow, OutputChunk, StoreError};
+use crate::store::{now_ms, short_id, JobRow, JobTaskRow, OutputChunk, StoreError, TaskRow};
 use circleci::{ConfigFile, Executor, JobSpec, Pipeline, Step};
 use runner::{Output, Run};
 
@@ -637,6 +637,18 @@ where
     f.retry(db_backoff(60))
         .when(|e| matches!(e, StoreError::Db(_)))
         .notify(|e, wait| warn!(job, error = %e, ?wait, "{what}: the store is unreachable; retrying"))
+        .await
+}
+
+/// Asks the fleet for a VM under the task id the job recorded, waiting out a database outage
+/// as [`retry_db`] does (a try whose answer was lost after its commit gets the recorded task
+/// back: the id is the request's idempotency token).
+async fn ask_vm(fleet: &Fleet, req: &TaskRequest, id: &str) -> Result<TaskRow, FleetError> {
+    use backon::Retryable;
+    (|| fleet.request_task_as(req, id.to_string()))
+        .retry(db_backoff(60))
+        .when(|e| matches!(e, FleetError::Store(StoreError::Db(_))))
+        .notify(|e, wait| warn!(task = %id, error = %e, ?wait, "asking for a VM: the store is unreachable; retrying"))
         .await
 }
 

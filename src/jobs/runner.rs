@@ -63,7 +63,7 @@ impl Run<'_> {
             Err(StoreError::Conflict(_)) => return Err(Self::abort_outcome(Abort::ClaimLost)),
             Err(e) => return Err(Outcome::infra(format!("recording the VM task: {e}"))),
         }
-        let ft = fleet.request_task_as(&req, id).await.map_err(|e| Outcome::infra(format!("asking for a VM: {e}")))?;
+        let ft = super::ask_vm(fleet, &req, &id).await.map_err(|e| Outcome::infra(format!("asking for a VM: {e}")))?;
         self.held.push(ft.id.clone());
         self.out.sys(0, &format!("waiting for a {} VM ({}), task {}", ask.executor, ask.pool(), ft.id));
         loop {
