@@ -633,22 +633,28 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    use backon::Retryable;
-    f.retry(db_backoff(60))
-        .when(|e| matches!(e, StoreError::Db(_)))
-        .notify(|e, wait| warn!(job, error = %e, ?wait, "{what}: the store is unreachable; retrying"))
-        .await
+    retry_unreachable(job, what, f, |e| matches!(e, StoreError::Db(_))).await
 }
 
 /// Asks the fleet for a VM under the task id the job recorded, waiting out a database outage
 /// as [`retry_db`] does (a try whose answer was lost after its commit gets the recorded task
 /// back: the id is the request's idempotency token).
 async fn ask_vm(fleet: &Fleet, req: &TaskRequest, id: &str) -> Result<TaskRow, FleetError> {
+    let ask = || fleet.request_task_as(req, id.to_string());
+    retry_unreachable(id, "asking for a VM", ask, |e| matches!(e, FleetError::Store(StoreError::Db(_)))).await
+}
+
+/// `f`, retried with [`db_backoff`] while `unreachable` says its error is the database's.
+async fn retry_unreachable<T, E, F, Fut>(job: &str, what: &str, f: F, unreachable: fn(&E) -> bool) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     use backon::Retryable;
-    (|| fleet.request_task_as(req, id.to_string()))
-        .retry(db_backoff(60))
-        .when(|e| matches!(e, FleetError::Store(StoreError::Db(_))))
-        .notify(|e, wait| warn!(task = %id, error = %e, ?wait, "asking for a VM: the store is unreachable; retrying"))
+    f.retry(db_backoff(60))
+        .when(unreachable)
+        .notify(|e, wait| warn!(job, error = %e, ?wait, "{what}: the store is unreachable; retrying"))
         .await
 }
 

@@ -97,7 +97,7 @@ impl Store {
     /// [`StoreError::Conflict`] when the task is no longer waiting, or the VM no longer holds
     /// it (a VM that booted first took the task meanwhile).
     pub async fn hand_over(&self, task_id: &str, vm_id: &str, now: i64) -> Result<(), StoreError> {
-        let changed = in_tx!(&self.db, |tx| {
+        in_tx!(&self.db, |tx| {
             // The VM first, and only while it still holds the task: a check that read the VM
             // before another took its task must not hand the task a second VM.
             let v = execute_in!(
@@ -108,28 +108,22 @@ impl Store {
                 task_id,
                 now
             );
-            let t = if v == 1 {
-                execute_in!(
-                    tx,
-                    "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1 AND state = 'waiting'",
-                    task_id,
-                    vm_id,
-                    now
-                )
-            } else {
-                0
-            };
-            if v == 1 && t != 1 {
-                // Not waiting any more: leave the VM as it was (the transaction is undone).
+            if v != 1 {
+                return Err(StoreError::Conflict(format!("task {task_id} is no longer waiting for vm {vm_id}")));
+            }
+            let t = execute_in!(
+                tx,
+                "UPDATE tasks SET state = 'assigned', vm_id = $2, assigned_at = $3 WHERE id = $1 AND state = 'waiting'",
+                task_id,
+                vm_id,
+                now
+            );
+            if t != 1 {
+                // Not waiting any more: the VM is left as it was (the transaction is undone).
                 return Err(StoreError::Conflict(format!("task {task_id} is no longer waiting")));
             }
-            t
         });
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!("task {task_id} is no longer waiting for vm {vm_id}")))
-        }
+        Ok(())
     }
 
     /// One task.
